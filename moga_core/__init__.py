@@ -1,0 +1,23 @@
+"""MoGA — Mixture-of-Groups Attention (arXiv 2510.18692) as a plain PyTorch library.
+
+Never imports ComfyUI: diffusers users and researchers can call it on tensors.
+
+    from moga_core import MogaConfig, VideoLayout, Router, moga_attention, reference_attention
+"""
+
+from .attention import dense_attention, moga_attention, reference_attention
+from .config import MogaConfig, VideoLayout
+from .router import Router, balance_loss, balanced_assignment, kmeans
+
+__all__ = [
+    "MogaConfig",
+    "VideoLayout",
+    "Router",
+    "moga_attention",
+    "reference_attention",
+    "dense_attention",
+    "balance_loss",
+    "balanced_assignment",
+    "kmeans",
+]
+__version__ = "0.1.0"

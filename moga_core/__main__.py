@@ -1,0 +1,55 @@
+"""`python -m moga_core info` and `python -m moga_core bench …`."""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+
+def info() -> int:
+    from . import __version__
+    from .backends import available_backends, choose_backend, cudnn_varlen_works
+
+    print(f"moga_core {__version__}")
+    print(f"torch {torch.__version__}")
+    cuda = torch.cuda.is_available()
+    print(f"CUDA available: {cuda}" + (f" ({torch.cuda.get_device_name(0)}, torch CUDA {torch.version.cuda})"
+                                       if cuda else ""))
+    found = available_backends()
+    print("backends:")
+    for name, ok in found.items():
+        note = ""
+        if name == "cudnn_varlen" and ok:
+            ok = cudnn_varlen_works(torch.device("cuda"), torch.bfloat16)
+            note = " (self-test passed)" if ok else " (op present, self-test failed: not used)"
+        print(f"  {name:13s} {'yes' if ok else 'no'}{note}")
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    print(f"auto picks on {device.type}/{str(dtype).replace('torch.', '')}: "
+          f"{choose_backend('auto', device, dtype, equal=False, need_grad=False)} for unequal groups, "
+          f"{choose_backend('auto', device, dtype, equal=True, need_grad=False)} for equal-size groups")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m moga_core {info|bench} [options]\n"
+              "  info   torch, CUDA, which attention backends exist and which `auto` picks\n"
+              "  bench  dense vs MoGA time and error on synthetic structured video tokens (no weights needed);\n"
+              "         `python -m moga_core bench --help` for options")
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "info":
+        return info()
+    if command == "bench":
+        from .bench import main as bench_main
+
+        return bench_main(rest)
+    print(f"unknown command {command!r}; expected 'info' or 'bench'", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

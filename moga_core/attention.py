@@ -1,0 +1,301 @@
+"""`moga_attention` (the fast path) and `reference_attention` (the O(N²) masked definition it is tested against).
+
+Key sets of a video query q (global queries always attend densely to every token):
+
+- G(q): the video tokens routed to q's group (same sample);
+- W(q): q's window block and its neighbour frames (see `plan`), if the window branch is on;
+- F(q): the tokens of q's latent frame, if the frame branch is on;
+- Glob: the prefix/suffix global tokens, in every key set.
+
+``combine="mean"``: out = (p·A(G∪Glob) + A(W∪Glob) + A(F∪Glob)) / n_branches, A = softmax attention over a key set.
+``combine="union"``: out = A(G ∪ W ∪ F ∪ Glob), each key once. The fast path gets it exactly from disjoint-free
+pieces by inclusion–exclusion of the softmax normalisers (Z(A∪B) = Z(A) + Z(B) − Z(A∩B), likewise for the
+numerators), every piece being a varlen problem: G, W, F, G∩W, G∩F, W∩F, G∩W∩F, Glob.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backends import default_scale, lse_dtype, sdpa_with_lse, segmented_attention
+from .config import MogaConfig, VideoLayout, check_config_for_layout
+from .plan import Term, group_terms, static_terms, temporal_groups, window_of_rows_cols
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# validation
+
+
+def _check_inputs(q, k, v, layout, cfg, groups, gate):
+    if not isinstance(layout, VideoLayout):
+        raise ValueError(f"layout must be a VideoLayout, got {type(layout).__name__}")
+    if not isinstance(cfg, MogaConfig):
+        raise ValueError(f"cfg must be a MogaConfig, got {type(cfg).__name__}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not torch.is_tensor(t):
+            raise ValueError(f"{name} must be a tensor (B, N, H, D), got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be (B, N, H, D), got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be floating point, got dtype {t.dtype}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(
+            f"q, k, v must have the same shape (B, N, H, D); got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+            f"v {tuple(v.shape)}"
+        )
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must share a dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    b, n = q.shape[:2]
+    if n != layout.num_tokens:
+        raise ValueError(
+            f"q has {n} tokens but the layout expects {layout.num_tokens} = prefix {layout.prefix} + "
+            f"grid {layout.grid} ({layout.num_video_tokens}) + suffix {layout.suffix}"
+        )
+    check_config_for_layout(cfg, layout)
+    nv = layout.num_video_tokens
+
+    def video_part(t, name):
+        if not torch.is_tensor(t):
+            raise ValueError(f"{name} must be a tensor (B, Nv) or (B, N), got {type(t).__name__}")
+        if t.dim() != 2 or t.shape[0] != b or t.shape[1] not in (nv, n):
+            raise ValueError(
+                f"{name} must be (B, Nv) = ({b}, {nv}) for the video tokens or (B, N) = ({b}, {n}); "
+                f"got {tuple(t.shape)}"
+            )
+        if t.shape[1] == n and n != nv:
+            t = t[:, layout.prefix:layout.prefix + nv]
+        return t.to(q.device)
+
+    if groups is None:
+        if cfg.num_groups != 1:
+            raise ValueError(f"groups (B, Nv) are required when num_groups = {cfg.num_groups} > 1")
+        groups = torch.zeros(b, nv, dtype=torch.int64, device=q.device)
+    else:
+        groups = video_part(groups, "groups")
+        if groups.is_floating_point() or groups.dtype == torch.bool:
+            raise ValueError(f"groups must be an integer tensor of group ids, got dtype {groups.dtype}")
+        groups = groups.long()
+    if gate is not None:
+        gate = video_part(gate, "gate")
+        if not gate.is_floating_point():
+            raise ValueError(f"gate must be floating point (the router's winning probability), got {gate.dtype}")
+    return groups, gate
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the fast path
+
+
+def _inverse(order: torch.Tensor) -> torch.Tensor:
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(order.numel(), device=order.device, dtype=order.dtype)
+    return inv
+
+
+def _run_term(term: Term, qf, kf, vf, scale, need_lse, backend):
+    """Attention of one term, returned in video-token order: (B·Nv, H, D), (B·Nv, H) or None."""
+    prob = term.problem
+    if prob.q_index is None:
+        qp, kp, vp = qf, kf, vf
+    else:
+        qp = qf.index_select(0, prob.q_index)
+        k_index = prob.q_index if prob.k_index is None else prob.k_index
+        kp = kf.index_select(0, k_index)
+        vp = vf.index_select(0, k_index)
+    out, lse = segmented_attention(qp, kp, vp, prob, scale, need_lse, backend)
+    if term.out_index is not None:
+        inv = _inverse(term.out_index)
+        out = out.index_select(0, inv)
+        lse = lse.index_select(0, inv) if lse is not None else None
+    return out, lse
+
+
+def _merge(parts):
+    """Combine (sign, out (L, H, D), lse (L, H)) pieces over disjoint-or-included key sets into one softmax output.
+
+    Positive pieces set the reference maximum; negative pieces (intersections) never exceed it. float32 throughout.
+    """
+    ref = None
+    for sign, _, lse in parts:
+        if sign > 0:
+            ref = lse if ref is None else torch.maximum(ref, lse)
+    num = None
+    den = None
+    for sign, out, lse in parts:
+        w = torch.exp(lse - ref) * sign
+        contrib = out.to(w.dtype) * w.unsqueeze(-1)
+        num = contrib if num is None else num + contrib
+        den = w if den is None else den + w
+    return num / den.unsqueeze(-1)
+
+
+def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: VideoLayout, cfg: MogaConfig,
+                   groups: torch.Tensor | None = None, gate: torch.Tensor | None = None, *,
+                   scale: float | None = None, stats: dict | None = None) -> torch.Tensor:
+    """MoGA attention. q, k, v: (B, N, H, D) with N = layout.num_tokens; groups (B, Nv) int; gate (B, Nv).
+
+    Returns (B, N, H, D) in q's dtype. ``gate=None`` in ``"mean"`` mode means an ungated group branch (p = 1).
+    If ``stats`` is a dict it receives ``density`` (scores computed / N²), ``group_sizes`` and ``backend``.
+    """
+    groups, gate = _check_inputs(q, k, v, layout, cfg, groups, gate)
+    b, n, h, d = q.shape
+    nv, p = layout.num_video_tokens, layout.prefix
+    scale = default_scale(d) if scale is None else float(scale)
+    union = cfg.combine == "union"
+    has_glob = layout.num_global_tokens > 0
+    need_lse = union or has_glob
+    acc = lse_dtype(q.dtype)  # combine precision
+
+    want = ["group"]
+    if union and cfg.window is not None:
+        want.append("group&window")
+    if union and cfg.frame_branch:
+        want.append("group&frame")
+    if union and cfg.window is not None and cfg.frame_branch:
+        want.append("group&window&frame")
+    gterms = group_terms(layout, cfg, groups, tuple(want))
+    sterms = static_terms(layout, cfg, b, q.device)
+
+    qf, kf, vf = (t.reshape(b * n, h, d) for t in (q, k, v))
+    results = {}
+    for name, term in list(gterms.items()) + list(sterms.items()):
+        results[name] = (term.sign,) + _run_term(term, qf, kf, vf, scale, need_lse, cfg.backend)
+
+    if has_glob:
+        glob_idx = torch.cat([torch.arange(p, device=q.device), torch.arange(p + nv, n, device=q.device)])
+        qv = q[:, p:p + nv].transpose(1, 2)
+        kg = k.index_select(1, glob_idx).transpose(1, 2)
+        vg = v.index_select(1, glob_idx).transpose(1, 2)
+        og, lg = sdpa_with_lse(qv, kg, vg, scale, True)
+        results["global"] = (1.0, og.transpose(1, 2).reshape(b * nv, h, d), lg.transpose(1, 2).reshape(b * nv, h))
+
+    if union:
+        video = _merge(list(results.values()))
+    else:
+        def with_glob(name):
+            sign, out, lse = results[name]
+            return _merge([(1.0, out, lse), results["global"]]) if has_glob else out.to(acc)
+
+        video = with_glob("group")
+        if gate is not None:
+            video = video * gate.reshape(b * nv, 1, 1).to(acc)
+        if cfg.window is not None:
+            video = video + with_glob("window")
+        if cfg.frame_branch:
+            video = video + with_glob("frame")
+        video = video / cfg.num_branches
+    video = video.to(q.dtype).reshape(b, nv, h, d)
+
+    if has_glob:
+        qg = q.index_select(1, glob_idx).transpose(1, 2)
+        dense = torch.nn.functional.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2),
+                                                                 scale=scale).transpose(1, 2)
+        out = torch.cat([dense[:, :p], video, dense[:, p:]], dim=1)
+    else:
+        out = video
+
+    if stats is not None:
+        pairs = sum(t.problem.pair_count() for t in list(gterms.values()) + list(sterms.values()))
+        if has_glob:
+            pairs += b * nv * layout.num_global_tokens + b * layout.num_global_tokens * n
+        stats["density"] = pairs / float(b * n * n)
+        stats["group_sizes"] = torch.bincount((groups + torch.arange(b, device=groups.device)[:, None]
+                                               * cfg.num_groups).reshape(-1),
+                                              minlength=b * cfg.num_groups).view(b, -1).cpu()
+        stats["backend"] = cfg.backend
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the definition
+
+
+def branch_masks(layout: VideoLayout, cfg: MogaConfig, groups_row: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Boolean (Nv, N) key masks of one sample's video queries: ``group``, ``window``, ``frame``, ``global``."""
+    t_len, hh, ww = layout.grid
+    nv, n, p = layout.num_video_tokens, layout.num_tokens, layout.prefix
+    device = groups_row.device
+    frame_of = torch.arange(t_len, device=device).repeat_interleave(hh * ww)
+    masks = {}
+    vid = slice(p, p + nv)
+
+    def full(video_mask):
+        m = torch.zeros(nv, n, dtype=torch.bool, device=device)
+        m[:, vid] = video_mask
+        return m
+
+    masks["group"] = full(groups_row[:, None] == groups_row[None, :])
+    if cfg.window is not None:
+        win = torch.as_tensor(window_of_rows_cols(hh, ww, cfg.window).reshape(-1), device=device).repeat(t_len)
+        groups_t = temporal_groups(layout, cfg.temporal_group, cfg.neighbor_frames)
+        allowed = torch.zeros(len(groups_t), t_len, dtype=torch.bool, device=device)
+        tg_of_frame = torch.empty(t_len, dtype=torch.long, device=device)
+        for i, g in enumerate(groups_t):
+            allowed[i, g.frames[0]:g.frames[1]] = True
+            allowed[i, list(g.neighbors)] = True
+            tg_of_frame[g.frames[0]:g.frames[1]] = i
+        same_window = win[:, None] == win[None, :]
+        masks["window"] = full(same_window & allowed[tg_of_frame[frame_of]][:, frame_of])
+    if cfg.frame_branch:
+        masks["frame"] = full(frame_of[:, None] == frame_of[None, :])
+    glob = torch.zeros(nv, n, dtype=torch.bool, device=device)
+    glob[:, :p] = True
+    glob[:, p + nv:] = True
+    masks["global"] = glob
+    return masks
+
+
+def _masked_attention(q, k, v, mask, scale):
+    """q (H, Lq, D), k/v (H, N, D), mask (Lq, N) -> (H, Lq, D); float64."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: VideoLayout, cfg: MogaConfig,
+                        groups: torch.Tensor | None = None, gate: torch.Tensor | None = None, *,
+                        scale: float | None = None) -> torch.Tensor:
+    """The O(N²) definition of MoGA attention (float64 inside), for tests. Same arguments as `moga_attention`."""
+    groups, gate = _check_inputs(q, k, v, layout, cfg, groups, gate)
+    bad = (groups < 0) | (groups >= cfg.num_groups)
+    if bad.any():
+        raise ValueError(f"groups must be ids in [0, {cfg.num_groups}) for num_groups = {cfg.num_groups}; got "
+                         f"{int(bad.sum())} ids outside, e.g. {groups[bad][:5].tolist()}")
+    b, n, h, d = q.shape
+    nv, p = layout.num_video_tokens, layout.prefix
+    scale = default_scale(d) if scale is None else float(scale)
+    out = torch.empty(b, n, h, d, dtype=torch.float64, device=q.device)
+    for i in range(b):
+        qi, ki, vi = (t[i].transpose(0, 1).double() for t in (q, k, v))  # (H, N, D)
+        masks = branch_masks(layout, cfg, groups[i])
+        qv = qi[:, p:p + nv]
+        if cfg.combine == "union":
+            union = masks["global"] | masks["group"]
+            for name in ("window", "frame"):
+                if name in masks:
+                    union = union | masks[name]
+            video = _masked_attention(qv, ki, vi, union, scale)
+        else:
+            video = _masked_attention(qv, ki, vi, masks["group"] | masks["global"], scale)
+            if gate is not None:
+                video = video * gate[i].double()[None, :, None]
+            for name in ("window", "frame"):
+                if name in masks:
+                    video = video + _masked_attention(qv, ki, vi, masks[name] | masks["global"], scale)
+            video = video / cfg.num_branches
+        out[i, p:p + nv] = video.transpose(0, 1)
+        if layout.num_global_tokens:
+            glob_rows = list(range(p)) + list(range(p + nv, n))
+            qg = qi[:, glob_rows]
+            dense = torch.softmax(torch.matmul(qg, ki.transpose(-1, -2)) * scale, dim=-1) @ vi
+            out[i, glob_rows] = dense.transpose(0, 1)
+    return out.to(q.dtype)
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Plain softmax attention on (B, N, H, D) through SDPA (the baseline MoGA approximates)."""
+    out = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                           scale=scale)
+    return out.transpose(1, 2)

@@ -1,0 +1,184 @@
+"""`python -m moga_core bench`: dense attention vs the MoGA layer on synthetic structured video tokens.
+
+The MoGA time covers the whole layer as a model would run it: routing (router logits + argmax), packing
+(sort, cu_seqlens, gathers of q/k/v), attention, unpacking and the combine. The dense time is the fastest SDPA
+kernel torch offers on the device (each is timed; the table names it). Timing: CUDA events around each call,
+median of ``repeats`` after warm-up; on CPU, ``time.perf_counter``.
+
+Accuracy columns: ``err vs dense`` = ‖MoGA − dense‖/‖dense‖ (what the sparsity costs on these tokens);
+``check`` = max|fast − simple|/max|simple| against the per-group float32 ``loop`` backend on the same groups
+(whether the fast path computes MoGA exactly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import replace
+
+import torch
+
+from .attention import moga_attention
+from .backends import available_backends
+from .config import MogaConfig, VideoLayout
+from .router import Router
+from .synthetic import even_shots, grid_for_tokens, structured_video_tokens, synthetic_qkv
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def time_call(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median milliseconds of ``fn()`` over ``repeats`` runs (CUDA events on GPU)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def dense_candidates(device: torch.device, dtype: torch.dtype):
+    """(name, context-manager factory) for the SDPA kernels worth timing on this device."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    if device.type != "cuda":
+        return [("sdpa", lambda: sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]))]
+    names = [("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION),
+             ("efficient", SDPBackend.EFFICIENT_ATTENTION)]
+    return [(name, (lambda b=b: sdpa_kernel([b]))) for name, b in names]
+
+
+@torch.no_grad()
+def run_bench(tokens: int = 32760, heads: int = 12, head_dim: int = 128, groups: int = 8, device: str = "cpu",
+              dtype: str = "bf16", repeats: int = 10, shots: int = 3, backend: str = "auto",
+              modes: list[str] | None = None, check: bool = True, seed: int = 0) -> dict:
+    dev = torch.device(device)
+    dt = DTYPES[dtype]
+    if dev.type == "cpu" and dt != torch.float32:
+        dt = torch.float32  # CPU bf16 attention is slow and not what anyone runs; time float32 there
+    grid = grid_for_tokens(tokens)
+    layout = VideoLayout(grid=grid, shots=even_shots(grid[0], shots))
+    channels = heads * head_dim
+    x, _ = structured_video_tokens(layout, channels=min(channels, 256), seed=seed, device=dev)
+    if channels > x.shape[-1]:  # widen to the model width without changing the structure
+        gen = torch.Generator(device="cpu").manual_seed(seed + 7)
+        lift = torch.randn(x.shape[-1], channels, generator=gen).to(dev) / x.shape[-1] ** 0.5
+        x = x @ lift
+    q, k, v = synthetic_qkv(x, heads, head_dim, seed=seed + 1)
+    q, k, v, x = (t.to(dt) for t in (q, k, v, x))
+    router = Router.fit(x.float(), groups, seed=seed).to(dev)
+    flops_dense = 4.0 * heads * head_dim * layout.num_tokens ** 2
+
+    rows = []
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    best_dense, dense_out, dense_name = None, None, None
+    for name, ctx in dense_candidates(dev, dt):
+        try:
+            with ctx():
+                fn = lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+                ms = time_call(fn, dev, repeats)
+                out = fn().transpose(1, 2)
+        except RuntimeError:
+            continue
+        rows.append({"variant": f"dense SDPA ({name})", "ms": ms, "tflops": flops_dense / ms / 1e9,
+                     "density": 1.0})
+        if best_dense is None or ms < best_dense:
+            best_dense, dense_out, dense_name = ms, out, name
+        del out
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+    modes = modes or ["mean", "mean+local", "union+local", "mean balanced"]
+    for mode in modes:
+        combine = "union" if mode.startswith("union") else "mean"
+        local = "+local" in mode
+        balanced = "balanced" in mode
+        cfg = MogaConfig(num_groups=groups, window=(2, 2) if local else None, frame_branch=local, combine=combine,
+                         balanced=balanced, backend=backend)
+
+        def layer():
+            g, gate = router(x, balanced=balanced)
+            return moga_attention(q, k, v, layout, cfg, g, gate if combine == "mean" else None)
+
+        stats = {}
+        g, gate = router(x, balanced=balanced)
+        moga_attention(q, k, v, layout, cfg, g, gate, stats=stats)
+        ms = time_call(layer, dev, repeats)
+        out = layer()
+        row = {"variant": f"MoGA {mode} (M={groups})", "ms": ms, "density": stats["density"],
+               "tflops": stats["density"] * flops_dense / ms / 1e9, "speedup": best_dense / ms,
+               "group_sizes": stats["group_sizes"][0].tolist()}
+        # what the sparsity costs: compare with dense attention (for mean mode, against the same ungated mix
+        # would be apples to oranges; we report against dense attention, which is what the model was trained on)
+        row["err_vs_dense"] = float((out.float() - dense_out.float()).norm() / dense_out.float().norm())
+        if check:
+            simple = moga_attention(q.float(), k.float(), v.float(), layout, replace(cfg, backend="loop"), g,
+                                    gate if combine == "mean" else None)
+            row["check"] = float((out.float() - simple).abs().max() / simple.abs().max())
+            del simple
+        rows.append(row)
+        del out
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "torch": torch.__version__, "tokens": layout.num_tokens, "grid": grid, "shots": layout.shots,
+        "heads": heads, "head_dim": head_dim, "groups": groups, "dtype": str(dt).replace("torch.", ""),
+        "dense_kernel": dense_name, "backends": available_backends(), "rows": rows,
+    }
+
+
+def format_table(result: dict) -> str:
+    head = (f"{result['device']} · torch {result['torch']} · N={result['tokens']} grid={tuple(result['grid'])} "
+            f"shots={len(result['shots'])} · H={result['heads']} D={result['head_dim']} · {result['dtype']}")
+    lines = [head, "", "| variant | median ms | eff. TFLOP/s | density | speedup vs dense | err vs dense | check |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append("| {} | {:.2f} | {:.0f} | {:.3f} | {} | {} | {} |".format(
+            r["variant"], r["ms"], r["tflops"], r["density"],
+            f"{r['speedup']:.2f}x" if "speedup" in r else "1.00x" if r["ms"] else "",
+            f"{r['err_vs_dense']:.3f}" if "err_vs_dense" in r else "",
+            f"{r['check']:.1e}" if "check" in r else ""))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m moga_core bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tokens", type=int, default=32760)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--groups", type=int, default=8)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--shots", type=int, default=3)
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--modes", default="mean,mean+local,union+local,mean balanced",
+                   help="comma list of: mean, mean+local, union, union+local, mean balanced, …")
+    p.add_argument("--no-check", action="store_true", help="skip the float32 exactness check")
+    p.add_argument("--json", help="also write the result as JSON to this path")
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda asked for, but torch sees no CUDA device here")
+    result = run_bench(args.tokens, args.heads, args.head_dim, args.groups, args.device, args.dtype, args.repeats,
+                       args.shots, args.backend, [m.strip() for m in args.modes.split(",") if m.strip()],
+                       not args.no_check)
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0

@@ -1,0 +1,221 @@
+"""The MoGA router: a linear map from a token's hidden state to M group scores, softmax, hard top-1.
+
+``groups, gate = router(x)``: ``groups`` is the argmax group (int64), ``gate`` = p(groups | x), the winning
+probability, which carries the router's gradient (the argmax does not). `balance_loss` is the Switch-style group
+balancing loss of the paper (α·M·Σ F_i·P_i). `Router.fit` builds a router without training: k-means centroids c_i
+become the rows of an exact linear router, since argmax_i (x·c_i − ‖c_i‖²/2) is the nearest centroid.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+_ROUTE_CHUNK = 1 << 16  # rows per chunk for the float32 logits (bounds the temporary upcast of x)
+
+
+def _check_x(x: torch.Tensor, width: int | None = None, name: str = "x") -> None:
+    if not torch.is_tensor(x):
+        raise ValueError(f"{name} must be a tensor (B, N, C) or (N, C), got {type(x).__name__}")
+    if x.dim() not in (2, 3):
+        raise ValueError(f"{name} must be (B, N, C) or (N, C), got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    if width is not None and x.shape[-1] != width:
+        raise ValueError(f"{name} has width C = {x.shape[-1]} but the router expects C = {width}")
+
+
+class Router(nn.Module):
+    """Linear router d → M with bias. ``weight`` (M, C), ``bias`` (M,)."""
+
+    def __init__(self, in_features: int, num_groups: int, bias: bool = True, device=None, dtype=None):
+        super().__init__()
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+            raise ValueError(f"num_groups must be an int >= 1, got {num_groups!r}")
+        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
+            raise ValueError(f"in_features must be an int >= 1, got {in_features!r}")
+        self.weight = nn.Parameter(torch.empty(num_groups, in_features, device=device, dtype=dtype or torch.float32))
+        self.bias = nn.Parameter(torch.zeros(num_groups, device=device, dtype=dtype or torch.float32)) if bias else None
+        nn.init.normal_(self.weight, std=in_features ** -0.5)
+
+    @property
+    def num_groups(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @classmethod
+    def from_weights(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> "Router":
+        """A router holding exactly ``weight`` (M, C) and ``bias`` (M,) (float32 copies)."""
+        if not torch.is_tensor(weight) or weight.dim() != 2:
+            raise ValueError(f"router weight must be a 2-D tensor (M, C), got {getattr(weight, 'shape', weight)}")
+        if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
+            raise ValueError(f"router bias must be (M,) = ({weight.shape[0]},), got {tuple(bias.shape)}")
+        router = cls(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device)
+        with torch.no_grad():
+            router.weight.copy_(weight.float())
+            if bias is not None:
+                router.bias.copy_(bias.float())
+        return router
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Group scores in float32, shape x.shape[:-1] + (M,).
+
+        Computed in float32 even for bf16 activations: a k-means router's bias −‖c‖²/2 is large and the decision
+        is a small difference of large numbers, which bf16 would round away.
+        """
+        _check_x(x, self.in_features)
+        weight = self.weight.float()
+        bias = self.bias.float() if self.bias is not None else None
+        flat = x.reshape(-1, x.shape[-1])
+        if flat.shape[0] <= _ROUTE_CHUNK or torch.is_grad_enabled():
+            out = nn.functional.linear(flat.float(), weight, bias)
+        else:
+            out = torch.empty(flat.shape[0], weight.shape[0], device=x.device, dtype=torch.float32)
+            for start in range(0, flat.shape[0], _ROUTE_CHUNK):
+                out[start:start + _ROUTE_CHUNK] = nn.functional.linear(flat[start:start + _ROUTE_CHUNK].float(),
+                                                                       weight, bias)
+        return out.reshape(*x.shape[:-1], weight.shape[0])
+
+    def route(self, x: torch.Tensor, balanced: bool = False):
+        """-> (groups int64, gate, probs (…, M), logits (…, M)); groups/gate have x's leading shape."""
+        logits = self.logits(x)
+        probs = torch.softmax(logits, dim=-1)
+        if balanced:
+            batched = logits if logits.dim() == 3 else logits.unsqueeze(0)
+            groups = balanced_assignment(batched.detach()).reshape(logits.shape[:-1])
+        else:
+            groups = logits.argmax(dim=-1)
+        gate = probs.gather(-1, groups.unsqueeze(-1)).squeeze(-1)
+        return groups, gate, probs, logits
+
+    def forward(self, x: torch.Tensor, balanced: bool = False):
+        groups, gate, _, _ = self.route(x, balanced)
+        return groups, gate
+
+    @classmethod
+    def fit(cls, x: torch.Tensor, num_groups: int, iters: int = 25, seed: int = 0, max_points: int = 65536) -> "Router":
+        """k-means (k-means++ init, ``iters`` Lloyd steps, deterministic under ``seed``) → exact linear router.
+
+        ``x``: (N, C) or (B, N, C) router inputs. At most ``max_points`` rows (a seeded subsample) are clustered.
+        """
+        _check_x(x)
+        points = x.detach().reshape(-1, x.shape[-1])
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+            raise ValueError(f"num_groups must be an int >= 1, got {num_groups!r}")
+        if num_groups > points.shape[0]:
+            raise ValueError(f"cannot fit {num_groups} groups to {points.shape[0]} tokens; expected M <= tokens")
+        centroids = kmeans(points, num_groups, iters=iters, seed=seed, max_points=max_points)
+        return cls.from_weights(centroids, -0.5 * (centroids.double() ** 2).sum(-1).float())
+
+
+def kmeans(points: torch.Tensor, k: int, iters: int = 25, seed: int = 0, max_points: int = 65536) -> torch.Tensor:
+    """Lloyd's k-means with k-means++ seeding on (N, C) points; returns (k, C) float32 centroids.
+
+    Deterministic: the subsample and the seeding draw from a CPU generator seeded with ``seed``; an emptied cluster
+    is re-seeded at the point farthest from its centroid.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    n = points.shape[0]
+    if n > max_points:
+        pick = torch.randperm(n, generator=gen)[:max_points].sort().values.to(points.device)
+        points = points[pick]
+        n = max_points
+    data = points.float()
+    sq = (data * data).sum(-1)
+
+    def dist2(c: torch.Tensor) -> torch.Tensor:
+        return (sq[:, None] - 2.0 * data @ c.T + (c * c).sum(-1)[None, :]).clamp_min_(0)
+
+    first = int(torch.randint(n, (1,), generator=gen))
+    centroids = data[first:first + 1].clone()
+    closest = dist2(centroids)[:, 0]
+    for _ in range(1, k):
+        total = float(closest.sum())
+        if total <= 0:  # all remaining points coincide with a centroid: take any unused one
+            idx = int(torch.randint(n, (1,), generator=gen))
+        else:
+            probs = (closest / total).double().cpu()
+            idx = int(torch.multinomial(probs, 1, generator=gen))
+        centroids = torch.cat([centroids, data[idx:idx + 1]], 0)
+        closest = torch.minimum(closest, dist2(centroids[-1:])[:, 0])
+    for _ in range(iters):
+        d = dist2(centroids)
+        labels = d.argmin(-1)
+        counts = torch.bincount(labels, minlength=k)
+        sums = torch.zeros_like(centroids).index_add_(0, labels, data)
+        new = sums / counts.clamp_min(1)[:, None].to(sums.dtype)
+        empty = (counts == 0).nonzero().flatten().tolist()
+        if empty:
+            far = d.gather(1, labels[:, None])[:, 0]
+            for e in empty:
+                idx = int(far.argmax())
+                new[e] = data[idx]
+                far[idx] = -1
+        centroids = new
+    return centroids
+
+
+def balanced_assignment(logits: torch.Tensor) -> torch.Tensor:
+    """Capacity-constrained top-1: every group gets ⌈N/M⌉ or ⌊N/M⌋ tokens (sizes differ by at most one).
+
+    ``logits`` (B, N, M) → groups (B, N) int64. Rounds of proposals: an unassigned token proposes to its next-best
+    group; a group accepts its highest-scoring proposers up to its remaining capacity. Stable sorts make it
+    deterministic. After M rounds every token has a group.
+    """
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be (B, N, M), got shape {tuple(logits.shape)}")
+    b, n, m = logits.shape
+    device = logits.device
+    base, extra = divmod(n, m)
+    capacity = torch.full((b, m), base, dtype=torch.int64, device=device)
+    capacity[:, :extra] += 1  # the first `extra` groups take one more token
+    preference = torch.argsort(logits, dim=-1, descending=True, stable=True)  # (B, N, M)
+    groups = torch.full((b, n), -1, dtype=torch.int64, device=device)
+    b_ids = torch.arange(b, device=device)[:, None].expand(b, n)
+    for r in range(m):
+        unassigned = groups < 0
+        cand = preference[..., r]
+        score = logits.gather(-1, cand.unsqueeze(-1)).squeeze(-1)
+        # sort proposals: by group, then by score descending, within each sample; assigned tokens go last
+        bucket = torch.where(unassigned, b_ids * (m + 1) + cand, b_ids * (m + 1) + m).reshape(-1)
+        order = torch.argsort(-score.reshape(-1), stable=True)
+        order = order[torch.argsort(bucket[order], stable=True)]
+        sorted_bucket = bucket[order]
+        counts = torch.bincount(sorted_bucket, minlength=b * (m + 1))
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(order.numel(), device=device) - starts[sorted_bucket]
+        group_of = sorted_bucket % (m + 1)
+        batch_of = sorted_bucket // (m + 1)
+        cap = torch.where(group_of < m, capacity[batch_of, group_of.clamp_max(m - 1)], torch.zeros_like(rank))
+        accept = rank < cap
+        tokens = order[accept]
+        groups.view(-1)[tokens] = group_of[accept]
+        taken = torch.bincount(sorted_bucket[accept], minlength=b * (m + 1)).view(b, m + 1)[:, :m]
+        capacity -= taken
+    return groups
+
+
+def balance_loss(probs: torch.Tensor, groups: torch.Tensor, alpha: float = 0.1, variant: str = "switch") -> torch.Tensor:
+    """Group balancing loss L = α·M·Σ_i F_i·P_i over all tokens of the batch.
+
+    F_i: fraction of tokens routed to group i (no gradient). P_i: ``"switch"`` = mean over tokens of p(i|x) (the
+    Switch-Transformer form, default); ``"moga_v1"`` = (1/N)·Σ_{x: g(x)=i} p(g(x)|x) (arXiv v1's Eq. 8 reading).
+    Its minimum, α, is reached at a uniform split.
+    """
+    if probs.shape[:-1] != groups.shape:
+        raise ValueError(f"probs (…, M) and groups (…) disagree: {tuple(probs.shape)} vs {tuple(groups.shape)}")
+    m = probs.shape[-1]
+    flat_p = probs.reshape(-1, m)
+    flat_g = groups.reshape(-1)
+    frac = torch.bincount(flat_g, minlength=m).to(flat_p.dtype) / flat_g.numel()
+    if variant == "switch":
+        mean_p = flat_p.mean(0)
+    elif variant == "moga_v1":
+        winning = flat_p.gather(-1, flat_g[:, None])[:, 0]
+        mean_p = torch.zeros(m, dtype=flat_p.dtype, device=flat_p.device).index_add(0, flat_g, winning) / flat_g.numel()
+    else:
+        raise ValueError(f"variant must be 'switch' or 'moga_v1', got {variant!r}")
+    return alpha * m * (frac * mean_p).sum()
