@@ -22,13 +22,18 @@ def info() -> int:
         note = ""
         if name == "cudnn_varlen" and ok:
             ok = cudnn_varlen_works(torch.device("cuda"), torch.bfloat16)
-            note = " (self-test passed)" if ok else " (op present, self-test failed: not used)"
+            from .backends import _cudnn_varlen_state
+
+            why = _cudnn_varlen_state.get(("error", "cuda", torch.bfloat16), "wrong result")
+            note = (" (self-test passed; explicit use only, slower than the loop)" if ok
+                    else f" (op present, self-test failed: {why}; not used)")
         print(f"  {name:13s} {'yes' if ok else 'no'}{note}")
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
     print(f"auto picks on {device.type}/{str(dtype).replace('torch.', '')}: "
-          f"{choose_backend('auto', device, dtype, equal=False, need_grad=False)} for unequal groups, "
-          f"{choose_backend('auto', device, dtype, equal=True, need_grad=False)} for equal-size groups")
+          f"{choose_backend('auto', device, dtype, False, False, 8192, 8)} for few long unequal segments "
+          f"(router groups), {choose_backend('auto', device, dtype, False, False, 300, 2000)} for many short ones "
+          f"(windows, intersections), {choose_backend('auto', device, dtype, True, False)} for equal-size ones")
     return 0
 
 

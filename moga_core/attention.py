@@ -174,18 +174,22 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
     if union:
         video = _merge(list(results.values()))
     else:
-        def with_glob(name):
-            sign, out, lse = results[name]
-            return _merge([(1.0, out, lse), results["global"]]) if has_glob else out.to(acc)
+        # without global tokens no log-sum-exp merge is needed and the mean runs in the input dtype
+        work = acc if has_glob else q.dtype
 
-        video = with_glob("group")
+        def branch(name):
+            sign, out, lse = results[name]
+            return _merge([(1.0, out, lse), results["global"]]) if has_glob else out
+
+        video = branch("group")
         if gate is not None:
-            video = video * gate.reshape(b * nv, 1, 1).to(acc)
+            video = video * gate.reshape(b * nv, 1, 1).to(work)
         if cfg.window is not None:
-            video = video + with_glob("window")
+            video = video + branch("window")
         if cfg.frame_branch:
-            video = video + with_glob("frame")
-        video = video / cfg.num_branches
+            video = video + branch("frame")
+        if cfg.num_branches > 1:
+            video = video / cfg.num_branches
     video = video.to(q.dtype).reshape(b, nv, h, d)
 
     if has_glob:

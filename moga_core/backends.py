@@ -91,14 +91,31 @@ def cudnn_varlen_works(device: torch.device, dtype: torch.dtype) -> bool:
             err = (out.float() - ref).abs().max() / ref.abs().max()
             lse_err = (lse - ref_lse).abs().max()
             ok = bool(err < 2e-2 and lse_err < 2e-2)
-        except Exception:
+            if not ok:
+                _cudnn_varlen_state[("error",) + key] = f"max error {float(err):.2e}, lse error {float(lse_err):.2e}"
+        except Exception as exc:  # reported by `python -m moga_core info`
+            _cudnn_varlen_state[("error",) + key] = f"{type(exc).__name__}: {exc}"[:300]
             ok = False
     _cudnn_varlen_state[key] = ok
     return ok
 
 
-def choose_backend(requested: str, device: torch.device, dtype: torch.dtype, equal: bool, need_grad: bool) -> str:
-    """Resolve ``auto`` (and refuse a named backend that cannot run here, with a clear message)."""
+# Below this mean segment length a per-segment SDPA call is launch-bound (4·H·D·L² FLOPs take less time than the
+# ~40 µs a call costs on the host), so one varlen launch wins; above it, the dense kernel's speed wins
+# (measured on an H100: cuDNN per group 579 TFLOP/s vs torch varlen 366 at 9.4k-token groups; bench/NOTES.md).
+LOOP_MIN_MEAN_SEGMENT = 2048
+LOOP_MAX_SEGMENTS = 512
+
+
+def choose_backend(requested: str, device: torch.device, dtype: torch.dtype, equal: bool, need_grad: bool,
+                   mean_segment: float = 0.0, num_segments: int = 0) -> str:
+    """Resolve ``auto`` (and refuse a named backend that cannot run here, with a clear message).
+
+    ``auto``: equal segments → one batched SDPA call; CUDA half precision → flash-attn if installed, else one SDPA
+    (cuDNN) call per segment when segments are few and long, else torch's varlen kernel; otherwise the loop.
+    cuDNN's ragged kernel (``cudnn_varlen``) is never picked automatically: it measured 6-9× slower than the
+    per-segment loop on torch 2.11 / H100.
+    """
     half = dtype in (torch.float16, torch.bfloat16)
     cuda = device.type == "cuda"
     if requested == "auto":
@@ -107,8 +124,8 @@ def choose_backend(requested: str, device: torch.device, dtype: torch.dtype, equ
         if cuda and half:
             if _flash_attn_varlen_func is not None:
                 return "flash_attn"
-            if not need_grad and cudnn_varlen_works(device, dtype):
-                return "cudnn_varlen"
+            if mean_segment >= LOOP_MIN_MEAN_SEGMENT and num_segments <= LOOP_MAX_SEGMENTS:
+                return "loop"
             if _torch_varlen_attn is not None:
                 return "torch_varlen"
         return "loop"
@@ -267,8 +284,10 @@ def _cudnn_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):
 def _lse_to_lh(lse: torch.Tensor, total: int, heads: int) -> torch.Tensor:
     """Kernels return the lse as (H, L), (L, H) or (1, H, L); bring it to (L, H) float32."""
     lse = lse.float()
-    if lse.dim() == 3 and lse.shape[0] == 1:
+    while lse.dim() > 2 and lse.shape[0] == 1:
         lse = lse[0]
+    while lse.dim() > 2 and lse.shape[-1] == 1:
+        lse = lse[..., 0]
     if lse.shape == (heads, total):
         return lse.transpose(0, 1)
     if lse.shape == (total, heads):
@@ -343,7 +362,9 @@ def make_problem(q_index, k_index, counts_q, counts_k, device) -> SegmentedProbl
 def segmented_attention(q, k, v, problem: SegmentedProblem, scale: float, need_lse: bool, backend: str = "auto"):
     """Run one segmented problem on *already packed* (Lq, H, D) / (Lk, H, D) tensors."""
     need_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    name = choose_backend(backend, q.device, q.dtype, problem.equal, need_grad)
+    segments = problem.num_segments
+    name = choose_backend(backend, q.device, q.dtype, problem.equal, need_grad,
+                          problem.num_queries / max(segments, 1), segments)
     if need_lse and need_grad and name in ("flash_attn", "torch_varlen", "cudnn_varlen", "sdpa"):
         # their lse carries no gradient; the merge that consumes it would silently get wrong gradients
         name = "loop"

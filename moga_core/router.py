@@ -161,9 +161,9 @@ def kmeans(points: torch.Tensor, k: int, iters: int = 25, seed: int = 0, max_poi
 def balanced_assignment(logits: torch.Tensor) -> torch.Tensor:
     """Capacity-constrained top-1: every group gets ⌈N/M⌉ or ⌊N/M⌋ tokens (sizes differ by at most one).
 
-    ``logits`` (B, N, M) → groups (B, N) int64. Rounds of proposals: an unassigned token proposes to its next-best
-    group; a group accepts its highest-scoring proposers up to its remaining capacity. Stable sorts make it
-    deterministic. After M rounds every token has a group.
+    ``logits`` (B, N, M) → groups (B, N) int64. Rounds of proposals: each unassigned token proposes to its next-best
+    group; a group accepts its highest-scoring proposers up to its remaining capacity. Only still-unassigned tokens
+    take part in later rounds. Stable sorts make it deterministic. After at most M rounds every token has a group.
     """
     if logits.dim() != 3:
         raise ValueError(f"logits must be (B, N, M), got shape {tuple(logits.shape)}")
@@ -172,30 +172,30 @@ def balanced_assignment(logits: torch.Tensor) -> torch.Tensor:
     base, extra = divmod(n, m)
     capacity = torch.full((b, m), base, dtype=torch.int64, device=device)
     capacity[:, :extra] += 1  # the first `extra` groups take one more token
-    preference = torch.argsort(logits, dim=-1, descending=True, stable=True)  # (B, N, M)
-    groups = torch.full((b, n), -1, dtype=torch.int64, device=device)
-    b_ids = torch.arange(b, device=device)[:, None].expand(b, n)
+    flat_logits = logits.reshape(b * n, m)
+    preference = torch.argsort(flat_logits, dim=-1, descending=True, stable=True)  # (B·N, M)
+    groups = torch.full((b * n,), -1, dtype=torch.int64, device=device)
+    active = torch.arange(b * n, device=device)  # unassigned tokens, ascending
+    capacity = capacity.reshape(-1)
     for r in range(m):
-        unassigned = groups < 0
-        cand = preference[..., r]
-        score = logits.gather(-1, cand.unsqueeze(-1)).squeeze(-1)
-        # sort proposals: by group, then by score descending, within each sample; assigned tokens go last
-        bucket = torch.where(unassigned, b_ids * (m + 1) + cand, b_ids * (m + 1) + m).reshape(-1)
-        order = torch.argsort(-score.reshape(-1), stable=True)
+        cand = preference[active, r]
+        score = flat_logits[active, cand]
+        bucket = (active // n) * m + cand  # (sample, group)
+        # proposals ordered by bucket, then by score (highest first); ties keep token order
+        order = torch.argsort(-score, stable=True)
         order = order[torch.argsort(bucket[order], stable=True)]
         sorted_bucket = bucket[order]
-        counts = torch.bincount(sorted_bucket, minlength=b * (m + 1))
+        counts = torch.bincount(sorted_bucket, minlength=b * m)
         starts = torch.cumsum(counts, 0) - counts
         rank = torch.arange(order.numel(), device=device) - starts[sorted_bucket]
-        group_of = sorted_bucket % (m + 1)
-        batch_of = sorted_bucket // (m + 1)
-        cap = torch.where(group_of < m, capacity[batch_of, group_of.clamp_max(m - 1)], torch.zeros_like(rank))
-        accept = rank < cap
-        tokens = order[accept]
-        groups.view(-1)[tokens] = group_of[accept]
-        taken = torch.bincount(sorted_bucket[accept], minlength=b * (m + 1)).view(b, m + 1)[:, :m]
-        capacity -= taken
-    return groups
+        accept = rank < capacity[sorted_bucket]
+        taken = order[accept]
+        groups[active[taken]] = cand[taken]
+        capacity = capacity - torch.bincount(sorted_bucket[accept], minlength=b * m)
+        active = active[order[~accept]].sort().values
+        if r + 1 < m and active.numel() == 0:
+            break
+    return groups.reshape(b, n)
 
 
 def balance_loss(probs: torch.Tensor, groups: torch.Tensor, alpha: float = 0.1, variant: str = "switch") -> torch.Tensor:
