@@ -84,6 +84,17 @@ def _check_inputs(q, k, v, layout, cfg, groups, gate):
     return groups, gate
 
 
+def _check_global_keep(global_keep, layout, device):
+    if global_keep is None:
+        return None
+    ng = layout.num_global_tokens
+    if not torch.is_tensor(global_keep) or global_keep.dtype != torch.bool or global_keep.shape != (ng,):
+        raise ValueError(f"global_keep must be a bool tensor of shape ({ng},) (prefix + suffix tokens), got "
+                         f"{getattr(global_keep, 'dtype', type(global_keep).__name__)} "
+                         f"{tuple(getattr(global_keep, 'shape', ()))}")
+    return global_keep.to(device)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the fast path
 
@@ -133,13 +144,17 @@ def _merge(parts):
 
 def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: VideoLayout, cfg: MogaConfig,
                    groups: torch.Tensor | None = None, gate: torch.Tensor | None = None, *,
-                   scale: float | None = None, stats: dict | None = None) -> torch.Tensor:
+                   scale: float | None = None, global_keep: torch.Tensor | None = None,
+                   stats: dict | None = None) -> torch.Tensor:
     """MoGA attention. q, k, v: (B, N, H, D) with N = layout.num_tokens; groups (B, Nv) int; gate (B, Nv).
 
     Returns (B, N, H, D) in q's dtype. ``gate=None`` in ``"mean"`` mode means an ungated group branch (p = 1).
-    If ``stats`` is a dict it receives ``density`` (scores computed / N²), ``group_sizes`` and ``backend``.
+    ``global_keep`` (prefix + suffix,) bool: which global tokens are real keys (False = padding, e.g. HunyuanVideo's
+    padded text); every query ignores the others. If ``stats`` is a dict it receives ``density`` (scores computed /
+    N²), ``group_sizes`` and ``backend``.
     """
     groups, gate = _check_inputs(q, k, v, layout, cfg, groups, gate)
+    global_keep = _check_global_keep(global_keep, layout, q.device)
     b, n, h, d = q.shape
     nv, p = layout.num_video_tokens, layout.prefix
     scale = default_scale(d) if scale is None else float(scale)
@@ -165,9 +180,10 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
 
     if has_glob:
         glob_idx = torch.cat([torch.arange(p, device=q.device), torch.arange(p + nv, n, device=q.device)])
+        key_idx = glob_idx if global_keep is None else glob_idx[global_keep]
         qv = q[:, p:p + nv].transpose(1, 2)
-        kg = k.index_select(1, glob_idx).transpose(1, 2)
-        vg = v.index_select(1, glob_idx).transpose(1, 2)
+        kg = k.index_select(1, key_idx).transpose(1, 2)
+        vg = v.index_select(1, key_idx).transpose(1, 2)
         og, lg = sdpa_with_lse(qv, kg, vg, scale, True)
         results["global"] = (1.0, og.transpose(1, 2).reshape(b * nv, h, d), lg.transpose(1, 2).reshape(b * nv, h))
 
@@ -194,8 +210,13 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
 
     if has_glob:
         qg = q.index_select(1, glob_idx).transpose(1, 2)
+        key_mask = None
+        if global_keep is not None:
+            key_mask = torch.ones(n, dtype=torch.bool, device=q.device)
+            key_mask[glob_idx] = global_keep
+            key_mask = key_mask.view(1, 1, 1, n)
         dense = torch.nn.functional.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2),
-                                                                 scale=scale).transpose(1, 2)
+                                                                 attn_mask=key_mask, scale=scale).transpose(1, 2)
         out = torch.cat([dense[:, :p], video, dense[:, p:]], dim=1)
     else:
         out = video
@@ -260,9 +281,10 @@ def _masked_attention(q, k, v, mask, scale):
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: VideoLayout, cfg: MogaConfig,
                         groups: torch.Tensor | None = None, gate: torch.Tensor | None = None, *,
-                        scale: float | None = None) -> torch.Tensor:
+                        scale: float | None = None, global_keep: torch.Tensor | None = None) -> torch.Tensor:
     """The O(N²) definition of MoGA attention (float64 inside), for tests. Same arguments as `moga_attention`."""
     groups, gate = _check_inputs(q, k, v, layout, cfg, groups, gate)
+    global_keep = _check_global_keep(global_keep, layout, q.device)
     bad = (groups < 0) | (groups >= cfg.num_groups)
     if bad.any():
         raise ValueError(f"groups must be ids in [0, {cfg.num_groups}) for num_groups = {cfg.num_groups}; got "
@@ -271,9 +293,12 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layou
     nv, p = layout.num_video_tokens, layout.prefix
     scale = default_scale(d) if scale is None else float(scale)
     out = torch.empty(b, n, h, d, dtype=torch.float64, device=q.device)
+    valid = torch.ones(n, dtype=torch.bool, device=q.device)  # keys that exist at all
+    if global_keep is not None:
+        valid[list(range(p)) + list(range(p + nv, n))] = global_keep
     for i in range(b):
         qi, ki, vi = (t[i].transpose(0, 1).double() for t in (q, k, v))  # (H, N, D)
-        masks = branch_masks(layout, cfg, groups[i])
+        masks = {name: m & valid for name, m in branch_masks(layout, cfg, groups[i]).items()}
         qv = qi[:, p:p + nv]
         if cfg.combine == "union":
             union = masks["global"] | masks["group"]
@@ -293,7 +318,8 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layou
         if layout.num_global_tokens:
             glob_rows = list(range(p)) + list(range(p + nv, n))
             qg = qi[:, glob_rows]
-            dense = torch.softmax(torch.matmul(qg, ki.transpose(-1, -2)) * scale, dim=-1) @ vi
+            scores = (torch.matmul(qg, ki.transpose(-1, -2)) * scale).masked_fill(~valid, float("-inf"))
+            dense = torch.softmax(scores, dim=-1) @ vi
             out[i, glob_rows] = dense.transpose(0, 1)
     return out.to(q.dtype)
 

@@ -178,3 +178,23 @@ def test_bad_input_is_a_clear_error(mutate, message):
         moga_attention(**args)
     with pytest.raises(ValueError, match=message):
         reference_attention(**args)
+
+
+def test_padded_global_tokens_are_ignored_as_keys():
+    layout = VideoLayout(grid=(4, 3, 4), shots=(0, 2), prefix=5, suffix=2)
+    q, k, v, groups, gate = make_inputs(layout, 2, 2, 32, 3, seed=21)
+    keep = torch.tensor([True, True, True, False, False, True, False])
+    for combine in ("mean", "union"):
+        cfg = MogaConfig(num_groups=3, combine=combine, temporal_group=2)
+        out = moga_attention(q, k, v, layout, cfg, groups, gate, global_keep=keep)
+        ref = reference_attention(q, k, v, layout, cfg, groups, gate, global_keep=keep)
+        assert rel_err(out, ref) <= 1e-5
+        # changing a padded key changes nothing
+        k2 = k.clone()
+        k2[:, 3] += 10
+        v2 = v.clone()
+        v2[:, 3] -= 4
+        out2 = moga_attention(q, k2, v2, layout, cfg, groups, gate, global_keep=keep)
+        assert torch.allclose(out, out2, atol=1e-6)
+    with pytest.raises(ValueError, match=r"global_keep must be a bool tensor of shape \(7,\)"):
+        moga_attention(q, k, v, layout, MogaConfig(num_groups=3), groups, gate, global_keep=keep[:5])

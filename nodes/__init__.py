@@ -1,0 +1,1 @@
+"""ComfyUI-facing layer: V3 nodes, one adapter per model family, and the patcher that installs MoGA on a clone."""

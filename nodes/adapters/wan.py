@@ -1,0 +1,75 @@
+"""Wan 2.1 / 2.2 (comfy.ldm.wan.model.WanModel and VaceWanModel).
+
+Token layout of a block's self-attention: ``[reference-latent tokens (ref_conv models, prefix)] + video tokens
+(t, h, w row-major over grid_sizes) + [context-latent tokens (newer ComfyUI, suffix)]``. Heads are merged in the
+last dimension, (B, N, H·D). Cross-attention (text, CLIP image for i2v) is a separate call the patch never takes.
+VACE's extra blocks run outside the block replace patch and so stay dense.
+
+Router input: the block's self-attention input, ``norm1(x)·(1 + e1) + e0`` (Wan 2.2 TI2V-5B passes per-frame
+modulation, (B, T', 6, C), which ``repeat_e`` expands to tokens exactly as the block does).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import BlockKey, ModelAdapter
+
+
+class WanAdapter(ModelAdapter):
+    family = "wan"
+    display_name = "Wan 2.1 / 2.2"
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.diffusion_model.dim)
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.diffusion_model.num_heads)
+
+    def blocks(self) -> list[BlockKey]:
+        return [BlockKey("double", i, i) for i in range(len(self.diffusion_model.blocks))]
+
+    def grid(self, x_shape, transformer_options):
+        sizes = transformer_options.get("grid_sizes")
+        if sizes is not None:  # set by WanModel.forward_orig (includes time_dim_concat frames)
+            return tuple(int(s) for s in sizes)
+        pt, ph, pw = self.diffusion_model.patch_size
+        _, _, t, h, w = x_shape
+        return (math.ceil(t / pt), math.ceil(h / ph), math.ceil(w / pw))
+
+    def forward_info(self, args, kwargs):
+        info = super().forward_info(args, kwargs)
+        info["has_reference"] = (kwargs.get("reference_latent") is not None
+                                 and getattr(self.diffusion_model, "ref_conv", None) is not None)
+        info["has_context_latents"] = bool(kwargs.get("context_latents"))
+        return info
+
+    def video_span(self, key, args, num_video_tokens, forward_info):
+        extra = args["img"].shape[1] - num_video_tokens
+        if extra == 0:
+            return (0, 0)
+        ref, ctx = forward_info.get("has_reference", False), forward_info.get("has_context_latents", False)
+        if extra > 0 and ref and not ctx:
+            return (extra, 0)
+        if extra > 0 and ctx and not ref:
+            return (0, extra)
+        return None  # both kinds at once, or tokens we cannot place: stay dense
+
+    def router_input(self, key, args, span):
+        from comfy.ldm.wan.model import repeat_e  # ComfyUI's own expansion of per-frame modulation
+        import comfy.model_management
+
+        block = self.diffusion_model.blocks[key.block_index]
+        x, e = args["img"], args["vec"]
+        modulation = comfy.model_management.cast_to(block.modulation, dtype=x.dtype, device=x.device)
+        if e.ndim < 4:
+            e0, e1 = (modulation + e).chunk(6, dim=1)[:2]
+        else:
+            e0, e1 = (modulation.unsqueeze(0) + e).unbind(2)[:2]
+        x_mod = torch.addcmul(repeat_e(e0, x), block.norm1(x.contiguous()), 1 + repeat_e(e1, x))
+        prefix, suffix = span
+        return x_mod[:, prefix:x_mod.shape[1] - suffix]

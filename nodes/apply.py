@@ -1,0 +1,35 @@
+"""MoGAApply: patch a MODEL's video self-attention with MoGA."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from .options import option_inputs, options_from_inputs
+from .patcher import install
+from .types import MogaRouter
+
+
+class MoGAApply(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MoGAApply",
+            display_name="MoGA Attention Patch",
+            category="MoGA",
+            description="Patches a clone of a Wan 2.1/2.2 or HunyuanVideo MODEL so its video self-attention runs "
+                        "Mixture-of-Groups Attention with the given routers. Everything else (cross-attention, "
+                        "text refiner, dense steps) runs as before.",
+            inputs=[
+                io.Model.Input("model", tooltip="A Wan 2.1/2.2 or HunyuanVideo model."),
+                MogaRouter.Input("router", tooltip="Routers from MoGA Router Loader or MoGA Calibrate Router."),
+                *option_inputs(),
+            ],
+            outputs=[io.Model.Output(tooltip="The MoGA-patched model (the input model is unchanged).")],
+            search_aliases=["mixture of groups", "sparse attention", "long video"],
+        )
+
+    @classmethod
+    def execute(cls, model, router, **options) -> io.NodeOutput:
+        patched = model.clone()
+        install(patched, router, options_from_inputs(**options))
+        return io.NodeOutput(patched)

@@ -1,0 +1,131 @@
+"""MoGACalibrateRouter: routers without training, from a short sampling pass of the user's own model.
+
+The pass runs dense (nothing is patched but a block hook that records each block's router input); a seeded
+reservoir keeps a uniform sample of those inputs per block; k-means on each sample gives an exact linear router
+(`moga_core.Router.fit`). Calibrated routers are meant for ``combine="union"``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
+import nodes as comfy_nodes
+from comfy_api.latest import io
+
+from ..moga_core import Router
+from ..moga_core.routers import RouterSet
+from .adapters import adapter_for
+from .patcher import PatchOptions, install
+from .types import MogaRouter
+
+
+class RouterInputSample:
+    """Per block, a uniform random sample (reservoir, seeded) of up to ``capacity`` router-input rows (CPU fp16)."""
+
+    def __init__(self, capacity: int, seed: int):
+        self.capacity = int(capacity)
+        self.rng = np.random.default_rng(seed)
+        self.buffers: dict[int, torch.Tensor] = {}
+        self.seen: dict[int, int] = {}
+
+    def add(self, index: int, x: torch.Tensor) -> None:
+        flat = x.reshape(-1, x.shape[-1])
+        n, k = flat.shape[0], self.capacity
+        seen = self.seen.get(index, 0)
+        buf = self.buffers.get(index)
+        if buf is None:
+            buf = torch.empty(k, flat.shape[-1], dtype=torch.float16)
+            self.buffers[index] = buf
+        order = self.rng.permutation(n)  # rows in random order, then Algorithm R over them
+        position = seen + np.arange(n)
+        slot = np.where(position < k, position, np.floor(self.rng.random(n) * (position + 1)).astype(np.int64))
+        accept = slot < k
+        rows, slots = order[accept], slot[accept]
+        # a slot written twice keeps the later row, as the sequential algorithm would
+        last = len(slots) - 1 - np.unique(slots[::-1], return_index=True)[1]
+        rows, slots = rows[last], slots[last]
+        if len(rows):
+            picked = flat[torch.from_numpy(rows).to(flat.device)].to(torch.float16).cpu()
+            buf[torch.from_numpy(slots)] = picked
+        self.seen[index] = seen + n
+
+    def sample(self, index: int) -> torch.Tensor | None:
+        if index not in self.buffers:
+            return None
+        return self.buffers[index][: min(self.seen[index], self.capacity)]
+
+
+def calibrate(model, positive, negative, latent, steps: int, cfg: float, sampler_name: str, scheduler: str,
+              seed: int, groups: int, tokens_per_block: int = 8192, iters: int = 25) -> RouterSet:
+    adapter = adapter_for(model)
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    sample = RouterInputSample(tokens_per_block, seed)
+    probe = model.clone()
+    install(probe, None, PatchOptions(), capture=sample)
+    comfy_nodes.common_ksampler(probe, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent)
+    blocks = adapter.blocks()
+    missing = [k.index for k in blocks if sample.sample(k.index) is None]
+    if len(missing) == len(blocks):
+        raise ValueError("the calibration pass saw no video tokens (is the latent a video latent of this model?)")
+    device = comfy.model_management.get_torch_device()
+    routers = {}
+    bar = comfy.utils.ProgressBar(len(blocks))
+    for key in blocks:
+        rows = sample.sample(key.index)
+        if rows is not None:
+            if rows.shape[0] < groups:
+                raise ValueError(f"block {key.index} saw only {rows.shape[0]} video tokens, fewer than the "
+                                 f"{groups} groups asked for")
+            routers[key.index] = Router.fit(rows.to(device=device, dtype=torch.float32), groups, iters=iters,
+                                            seed=seed).cpu()
+        bar.update(1)
+    return RouterSet(routers, adapter.family, adapter.hidden_size, adapter.num_blocks, combine="union",
+                     source="calibrated", extra={"calibration": {"steps": steps, "seed": seed,
+                                                                 "tokens_per_block": tokens_per_block}})
+
+
+class MoGACalibrateRouter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MoGACalibrateRouter",
+            display_name="MoGA Calibrate Router",
+            category="MoGA",
+            description="Fits MoGA routers without training: runs a short dense sampling pass of your model, "
+                        "samples each block's router input and clusters it with k-means (one linear router per "
+                        "block, meant for combine 'union').",
+            inputs=[
+                io.Model.Input("model", tooltip="The (unpatched) Wan or HunyuanVideo model to calibrate."),
+                io.Conditioning.Input("positive", tooltip="Prompts like the ones you will generate with."),
+                io.Conditioning.Input("negative", tooltip="Negative prompt (cfg > 1 runs it too)."),
+                io.Latent.Input("latent", tooltip="A video latent of the size you will generate (smaller works, "
+                                                  "the router is size-independent)."),
+                io.Int.Input("steps", default=4, min=1, max=100,
+                             tooltip="Sampling steps of the calibration pass; router inputs of all steps are used."),
+                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1,
+                               tooltip="CFG of the calibration pass."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
+                               tooltip="Sampler of the calibration pass."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="simple",
+                               tooltip="Scheduler of the calibration pass."),
+                io.Int.Input("groups", default=5, min=1, max=256,
+                             tooltip="M, the number of groups (the paper: 5 for 30 s, 20 for 60 s)."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Seed of the pass's noise, the token sample and k-means."),
+                io.Int.Input("tokens_per_block", default=8192, min=64, max=1 << 20, advanced=True,
+                             tooltip="Router-input rows kept per block for k-means (CPU memory: rows x width x 2 "
+                                     "bytes per block)."),
+            ],
+            outputs=[MogaRouter.Output(tooltip="Calibrated routers (combine 'union').")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent, steps, cfg, sampler_name, scheduler, groups, seed,
+                tokens_per_block) -> io.NodeOutput:
+        return io.NodeOutput(calibrate(model, positive, negative, latent, steps, cfg, sampler_name, scheduler, seed,
+                                       groups, tokens_per_block))

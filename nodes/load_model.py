@@ -1,0 +1,90 @@
+"""MoGALoadModel ("MoGA Model Loader"): a diffusion model file -> MoGA-patched MODEL + its routers, in one node."""
+
+from __future__ import annotations
+
+import torch
+
+import comfy.sd
+import comfy.utils
+import folder_paths
+from comfy_api.latest import io
+
+from .options import option_inputs, options_from_inputs
+from .patcher import install
+from .router_files import FOLDER, load_router_file, router_files, routers_from_checkpoint
+from .types import MogaRouter
+
+FROM_CHECKPOINT = "(routers inside the model file)"
+WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+
+
+def _model_options(weight_dtype: str) -> dict:
+    # the same choices as ComfyUI's own diffusion model loader
+    if weight_dtype == "fp8_e4m3fn":
+        return {"dtype": torch.float8_e4m3fn}
+    if weight_dtype == "fp8_e4m3fn_fast":
+        return {"dtype": torch.float8_e4m3fn, "fp8_optimizations": True}
+    if weight_dtype == "fp8_e5m2":
+        return {"dtype": torch.float8_e5m2}
+    if weight_dtype != "default":
+        raise ValueError(f"weight_dtype must be one of {WEIGHT_DTYPES}, got {weight_dtype!r}")
+    return {}
+
+
+def load_moga_model(path: str, weight_dtype: str = "default", router_path: str | None = None):
+    """(ModelPatcher, RouterSet): the model through ComfyUI's loader, router keys taken out first."""
+    sd, metadata = comfy.utils.load_torch_file(path, return_metadata=True)
+    model_sd, embedded = routers_from_checkpoint(sd, path) if any("router" in k for k in sd) else (sd, None)
+    model = comfy.sd.load_diffusion_model_state_dict(model_sd, model_options=_model_options(weight_dtype),
+                                                     metadata=metadata)
+    if model is None:
+        raise ValueError(f"ComfyUI could not detect the model type of {path}")
+    if router_path is not None:
+        routers = load_router_file(router_path)
+    elif embedded is not None:
+        routers = embedded
+    else:
+        raise ValueError(f"{path} has no router weights; choose a router file from models/moga/ in router_name "
+                         "(or calibrate one with MoGA Calibrate Router)")
+    return model, routers
+
+
+class MoGALoadModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MoGALoadModel",
+            display_name="MoGA Model Loader",
+            category="MoGA/loaders",
+            description="Loads a Wan or HunyuanVideo diffusion model from models/diffusion_models/ with ComfyUI's "
+                        "own loader and returns it MoGA-patched. The routers come from the same file when it is a "
+                        "MoGA checkpoint, or from a router file in models/moga/.",
+            inputs=[
+                io.Combo.Input("unet_name", options=folder_paths.get_filename_list("diffusion_models"),
+                               tooltip="The diffusion model (models/diffusion_models/)."),
+                io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES, default="default", advanced=True,
+                               tooltip="Weight storage type, as in ComfyUI's Load Diffusion Model."),
+                io.Combo.Input("router_name", options=[FROM_CHECKPOINT] + router_files(), default=FROM_CHECKPOINT,
+                               tooltip="Where the routers come from: the model file itself (a MoGA checkpoint) "
+                                       "or a router file in models/moga/."),
+                *option_inputs(),
+            ],
+            outputs=[io.Model.Output(tooltip="The MoGA-patched model."),
+                     MogaRouter.Output(tooltip="The routers in use.")],
+            search_aliases=["load moga", "mixture of groups"],
+        )
+
+    @classmethod
+    def validate_inputs(cls, router_name: str):
+        if router_name != FROM_CHECKPOINT and router_name not in router_files():
+            return f"router file {router_name!r} is not in models/moga/"
+        return True
+
+    @classmethod
+    def execute(cls, unet_name: str, weight_dtype: str, router_name: str, **options) -> io.NodeOutput:
+        path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
+        router_path = None if router_name == FROM_CHECKPOINT else folder_paths.get_full_path_or_raise(FOLDER,
+                                                                                                       router_name)
+        model, routers = load_moga_model(path, weight_dtype, router_path)
+        install(model, routers, options_from_inputs(**options))
+        return io.NodeOutput(model, routers)

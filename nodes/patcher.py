@@ -1,0 +1,437 @@
+"""Installs MoGA on a clone of a MODEL through ComfyUI's own hooks, and holds the state of its sampling runs.
+
+One `MogaPatch` per patched model (shared by reference by later clones; never copied):
+
+- a DIFFUSION_MODEL wrapper reads the per-forward facts (latent grid, extra-token inputs, shot plan, whether this
+  sigma is inside the sparse range) and puts MoGA's attention override on top of whatever override the call carries;
+- a block replace patch per routed block (``patches_replace["dit"][(type, i)]``, chained onto any earlier one)
+  computes the block's router input, routes its video tokens and leaves the routing for the block's
+  self-attention call;
+- the attention override (``transformer_options["optimized_attention_override"]``, chained onto the previous one)
+  takes that one call and runs `moga_core.moga_attention`; every other call (cross-attention, the token refiner,
+  VACE blocks, dense steps) goes to the previous override or the default backend untouched;
+- ON_PRE_RUN turns the start/end percents into sigmas with the run's model_sampling; ON_CLEANUP closes the run's
+  statistics.
+
+An unpatched clone of the same model never sees any of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+import torch
+
+import comfy.patcher_extension
+from ..moga_core import MogaConfig, VideoLayout, moga_attention
+from ..moga_core.routers import RouterSet
+
+from .adapters import BlockKey, ModelAdapter, adapter_for
+
+KEY = "moga"
+OVERRIDE = "optimized_attention_override"
+STASH = "moga_route"  # per block call: the routing the block's self-attention consumes
+FORWARD = "moga_forward"  # per forward: facts the wrapper read
+SHOTS = "moga_shots"  # per cond: latent-frame shot starts (set by the multi-shot conditioning)
+
+log = logging.getLogger("moga")
+
+
+def parse_block_list(text: str, num_blocks: int) -> set[int]:
+    """``"0,1,-1"`` or ``"0-3, 20"`` -> block indices (negative counts from the end; ranges inclusive)."""
+    out: set[int] = set()
+    text = (text or "").strip()
+    if not text:
+        return out
+    for part in re.split(r"[,\s;]+", text):
+        if not part:
+            continue
+        m = re.fullmatch(r"(-?\d+)(?:\s*(?:\.\.|:|-(?=\d|-))\s*(-?\d+))?", part)
+        if not m:
+            raise ValueError(f"dense_blocks: cannot read {part!r} in {text!r}; expected block numbers like "
+                             "'0,1,-1' or ranges like '0-3'")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) is not None else lo
+        for value in (lo, hi):
+            if not -num_blocks <= value < num_blocks:
+                raise ValueError(f"dense_blocks: block {value} does not exist; the model has {num_blocks} blocks "
+                                 f"(0..{num_blocks - 1}, or -1..-{num_blocks} from the end)")
+        lo, hi = lo % num_blocks, hi % num_blocks
+        out.update(range(min(lo, hi), max(lo, hi) + 1))
+    return out
+
+
+@dataclass
+class PatchOptions:
+    """What the user chose on the node (see `nodes.options` for the tooltips)."""
+
+    combine: str | None = None  # None: the router file's own
+    window: tuple[int, int] | None = (2, 2)
+    temporal_group: int = 10
+    neighbor_frames: int = 2
+    frame_branch: bool = True
+    balanced: bool = False
+    start_percent: float = 0.0
+    end_percent: float = 1.0
+    dense_blocks: str = ""
+    min_tokens: int = 0
+    backend: str = "auto"
+    shots: tuple[int, ...] | None = None  # latent-frame shot starts, when known at patch time
+
+
+@dataclass
+class Route:
+    """What a block call leaves for its self-attention."""
+
+    patch: "MogaPatch"
+    key: BlockKey
+    layout: VideoLayout
+    groups: torch.Tensor  # (B, Nv) int64
+    gate: torch.Tensor  # (B, Nv)
+
+
+@dataclass
+class ForwardInfo:
+    grid: tuple[int, int, int] | None
+    sparse: bool  # inside [start_percent, end_percent]
+    shots: tuple[int, ...]
+    facts: dict = field(default_factory=dict)
+
+
+class MogaPatch:
+    """The holder of one patched model's MoGA state (options, routers on each device, run statistics)."""
+
+    def __init__(self, adapter: ModelAdapter, routers: RouterSet | None, options: PatchOptions, capture=None):
+        self.adapter = adapter
+        self.routers = routers
+        self.options = options
+        self.capture = capture  # calibration: collects router inputs instead of routing
+        self.dense_blocks = parse_block_list(options.dense_blocks, adapter.num_blocks)
+        if routers is not None:
+            combine = options.combine or routers.combine
+            self.cfg = MogaConfig(num_groups=routers.num_groups, window=options.window,
+                                  temporal_group=options.temporal_group, neighbor_frames=options.neighbor_frames,
+                                  frame_branch=options.frame_branch, combine=combine, balanced=options.balanced,
+                                  backend=options.backend)
+        else:
+            self.cfg = None
+        self.sigma_start = None  # set per run from the model's model_sampling (ON_PRE_RUN)
+        self.sigma_end = None
+        self._device_routers: dict = {}
+        self._overrides: dict = {}
+        self._lock = threading.Lock()
+        self.stats = self._new_stats()
+        self.last_run_stats = None
+
+    # ComfyUI versions that deep-copy model_options must not copy the holder
+    def __deepcopy__(self, memo):
+        return self
+
+    @staticmethod
+    def _new_stats():
+        return {"forwards": 0, "sparse_forwards": 0, "sparse_calls": Counter(), "dense": Counter(),
+                "sigmas": []}
+
+    # ---- run bookkeeping
+    def on_pre_run(self, model_patcher, *rest):
+        model_sampling = model_patcher.get_model_object("model_sampling")
+        self.sigma_start = float(model_sampling.percent_to_sigma(self.options.start_percent))
+        self.sigma_end = float(model_sampling.percent_to_sigma(self.options.end_percent))
+        self.stats = self._new_stats()
+
+    def on_cleanup(self, model_patcher, *rest):
+        if self.stats["forwards"]:
+            self.last_run_stats = self.stats
+        self.stats = self._new_stats()
+        self._overrides.clear()
+
+    def sparse_at(self, sigmas) -> bool:
+        if self.sigma_start is None or sigmas is None:
+            return True  # no run context (direct model call): no warm-up gating
+        sigma = float(sigmas.reshape(-1)[0]) if torch.is_tensor(sigmas) else float(sigmas)
+        return self.sigma_end - 1e-6 <= sigma <= self.sigma_start + 1e-6
+
+    # ---- routers on the model's device (one float32 copy per device, shared by every clone of the model)
+    def router(self, index: int, device: torch.device):
+        per_device = self._device_routers.get(device)
+        if per_device is None:
+            with self._lock:
+                per_device = self._device_routers.get(device)
+                if per_device is None:
+                    per_device = {i: r.to(device) for i, r in self.routers.routers.items()}
+                    self._device_routers[device] = per_device
+        return per_device[index]
+
+    # ---- the DIFFUSION_MODEL wrapper
+    def diffusion_wrapper(self, executor, *args, **kwargs):
+        to = args[-1] if args and isinstance(args[-1], dict) else kwargs.get("transformer_options")
+        if not isinstance(to, dict):
+            return executor(*args, **kwargs)
+        facts = self.adapter.forward_info(args, kwargs)
+        x_shape = facts.get("x_shape")
+        grid = self.adapter.grid(x_shape, {}) if x_shape is not None and len(x_shape) == 5 else None
+        shots = to.get(SHOTS) or self.options.shots or (0,)
+        sparse = self.sparse_at(to.get("sigmas"))
+        with self._lock:
+            self.stats["forwards"] += 1
+            self.stats["sparse_forwards"] += int(sparse)
+            sigmas = to.get("sigmas")
+            if sigmas is not None:
+                self.stats["sigmas"].append(float(sigmas.reshape(-1)[0]))
+        infos = dict(to.get(FORWARD) or {})
+        infos[id(self)] = ForwardInfo(grid, sparse, tuple(shots), facts)
+        to[FORWARD] = infos
+        if self.routers is not None:
+            current = to.get(OVERRIDE)
+            if not _is_ours(current, self):  # a node applied later replaced us for this model: go back on top
+                to[OVERRIDE] = self.override_over(current)
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            infos.pop(id(self), None)
+
+    # ---- block replace patch
+    def block_patch(self, key: BlockKey, previous):
+        def moga_block(args, extra):
+            to = args["transformer_options"]
+            route = self.plan_block(key, args, to)
+            if route is not None:
+                to[STASH] = route
+            try:
+                return previous(args, extra) if previous is not None else extra["original_block"](args)
+            finally:
+                if route is not None and to.get(STASH) is route:
+                    to.pop(STASH, None)
+
+        moga_block._moga_patch = self
+        moga_block._moga_previous = previous
+        return moga_block
+
+    def _dense(self, reason: str):
+        with self._lock:
+            self.stats["dense"][reason] += 1
+        return None
+
+    def plan_block(self, key: BlockKey, args: dict, to: dict):
+        info = (to.get(FORWARD) or {}).get(id(self))
+        if info is None:
+            return self._dense("no forward info")
+        if self.capture is None:
+            if key.index not in self.routers.routers:
+                return self._dense("no router for block")
+            if key.index in self.dense_blocks:
+                return self._dense("dense block")
+            if not info.sparse:
+                return self._dense("outside start/end percent")
+        grid = self.adapter.grid(info.facts.get("x_shape"), to) if info.grid is not None else None
+        if grid is None:
+            return self._dense("no video grid")
+        nv = grid[0] * grid[1] * grid[2]
+        span = self.adapter.video_span(key, args, nv, info.facts)
+        if span is None:
+            return self._dense("token layout not understood")
+        if self.capture is not None:
+            with torch.no_grad():
+                self.capture.add(key.index, self.adapter.router_input(key, args, span))
+            return None
+        if nv + span[0] + span[1] < self.options.min_tokens:
+            return self._dense("below min_tokens")
+        try:
+            layout = _layout(grid, _shots_in(info.shots, grid[0], to), span)
+        except ValueError as exc:
+            log.warning("MoGA: %s; block %s stays dense", exc, key)
+            return self._dense("bad shot plan")
+        with torch.no_grad():
+            x_mod = self.adapter.router_input(key, args, span)
+            groups, gate = self.router(key.index, x_mod.device)(x_mod, balanced=self.cfg.balanced)
+        return Route(self, key, layout, groups, gate.to(x_mod.dtype))
+
+    # ---- attention override
+    def override_over(self, previous):
+        """Our override chained onto ``previous`` (cached per previous, so a run builds a few closures at most)."""
+        cached = self._overrides.get(id(previous))
+        if cached is not None and cached[0] is previous:
+            return cached[1]
+        override = _make_override(self, previous)
+        self._overrides[id(previous)] = (previous, override)
+        return override
+
+    def attend(self, route: Route, q, k, v, heads, mask, skip_reshape, skip_output_reshape, kwargs):
+        """MoGA for one self-attention call, or None to leave it to the dense backend."""
+        if q.shape != k.shape or q.shape != v.shape or kwargs.get("enable_gqa") or \
+                "low_precision_attention" in kwargs:
+            return self._dense("not self-attention")
+        if skip_reshape:
+            b, h, n, d = q.shape
+        else:
+            b, n, hd = q.shape
+            if heads is None or hd % heads:
+                return self._dense("head layout")
+            h, d = heads, hd // heads
+        layout = route.layout
+        if n != layout.num_tokens:
+            return self._dense("token count mismatch")
+        global_keep = None
+        if mask is not None:
+            global_keep = _global_keep_from_mask(mask, layout, n)
+            if global_keep is None:
+                return self._dense("attention mask")
+        if skip_reshape:
+            q4, k4, v4 = (t.transpose(1, 2) for t in (q, k, v))
+        else:
+            q4, k4, v4 = (t.view(b, n, h, d) for t in (q, k, v))
+        gate = route.gate if self.cfg.combine == "mean" else None
+        out = moga_attention(q4, k4, v4, layout, self.cfg, route.groups, gate, scale=kwargs.get("scale"),
+                             global_keep=global_keep)
+        with self._lock:
+            self.stats["sparse_calls"][(route.key.block_type, route.key.block_index)] += 1
+        if skip_output_reshape:
+            return out.transpose(1, 2)
+        return out.reshape(b, n, h * d)
+
+
+def _make_override(patch: MogaPatch, previous):
+    def moga_override(func, q, k, v, heads=None, mask=None, attn_precision=None, skip_reshape=False,
+                      skip_output_reshape=False, **kwargs):
+        to = kwargs.get("transformer_options")
+        route = to.get(STASH) if isinstance(to, dict) else None
+        if route is not None and route.patch is patch:
+            to.pop(STASH, None)  # one self-attention call per block takes the routing
+            out = patch.attend(route, q, k, v, heads, mask, skip_reshape, skip_output_reshape, kwargs)
+            if out is not None:
+                return out
+        if previous is not None:
+            return previous(func, q, k, v, heads, mask=mask, attn_precision=attn_precision,
+                            skip_reshape=skip_reshape, skip_output_reshape=skip_output_reshape, **kwargs)
+        return func(q, k, v, heads, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
+                    skip_output_reshape=skip_output_reshape, **kwargs)
+
+    # no `container_function` attribute on purpose: newer ComfyUI then hands us plain tensors
+    moga_override._moga_patch = patch
+    moga_override._moga_previous = previous
+    moga_override.memory_efficient = True
+    return moga_override
+
+
+def _is_ours(override, patch) -> bool:
+    while override is not None:
+        if getattr(override, "_moga_patch", None) is patch:
+            return True
+        override = getattr(override, "_moga_previous", None)
+    return False
+
+
+def _strip_moga(obj):
+    """Unwrap MoGA layers from an override or block patch chain (re-applying MoGA replaces, never stacks)."""
+    while obj is not None and getattr(obj, "_moga_patch", None) is not None:
+        obj = obj._moga_previous
+    return obj
+
+
+_LAYOUTS: dict = {}
+
+
+def _layout(grid, shots, span) -> VideoLayout:
+    key = (tuple(grid), tuple(shots), tuple(span))
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = VideoLayout(grid=tuple(grid), shots=tuple(shots), prefix=span[0], suffix=span[1])
+        if len(_LAYOUTS) > 256:
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = layout
+    return layout
+
+
+def _shots_in(shots, num_frames: int, to: dict) -> tuple[int, ...]:
+    """Shot starts as latent frames of this forward; under ComfyUI's context windows, of the window."""
+    window = to.get("context_window")
+    index_list = getattr(window, "index_list", None)
+    if index_list is not None and len(index_list) == num_frames:
+        starts = {0}
+        for j in range(1, len(index_list)):
+            global_prev, global_here = index_list[j - 1], index_list[j]
+            # a cut lies between two consecutive window frames when some shot starts after the first
+            if any(global_prev < s <= global_here for s in shots) or global_here < global_prev:
+                starts.add(j)
+        return tuple(sorted(starts))
+    return tuple(s for s in shots if 0 <= s < num_frames) or (0,)
+
+
+def _global_keep_from_mask(mask, layout: VideoLayout, n: int):
+    """HunyuanVideo's additive text-padding mask (…, N) -> which global tokens are real keys; None otherwise."""
+    if not torch.is_tensor(mask) or mask.shape[-1] != n or mask.numel() != n:
+        return None  # a mask that differs per row/batch is not a key-padding mask
+    flat = mask.reshape(n)
+    p, nv = layout.prefix, layout.num_video_tokens
+    if flat.dtype == torch.bool:
+        keep = flat
+    else:
+        keep = flat > -1.0  # additive: 0 keeps, a large negative number drops
+    if not bool(keep[p:p + nv].all()):
+        return None  # masks video tokens: not ours to interpret
+    return torch.cat([keep[:p], keep[p + nv:]])
+
+
+def install(model_patcher, routers: RouterSet | None, options: PatchOptions, capture=None) -> MogaPatch:
+    """Patch ``model_patcher`` (already a clone) in place; returns its holder."""
+    adapter = adapter_for(model_patcher)
+    if routers is not None:
+        check_routers(adapter, routers, model_patcher)
+    patch = MogaPatch(adapter, routers, options, capture)
+    to = model_patcher.model_options.setdefault("transformer_options", {})
+    # re-applying MoGA replaces the earlier MoGA patch instead of stacking on it
+    for kind in (comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,):
+        model_patcher.remove_wrappers_with_key(kind, KEY)
+    for kind in (comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, comfy.patcher_extension.CallbacksMP.ON_CLEANUP):
+        model_patcher.remove_callbacks_with_key(kind, KEY)
+    previous = _strip_moga(to.get(OVERRIDE))
+    if routers is not None:
+        to[OVERRIDE] = patch.override_over(previous)
+    elif OVERRIDE in to and previous is None:
+        to.pop(OVERRIDE)
+    elif previous is not None:
+        to[OVERRIDE] = previous
+    dit = to.get("patches_replace", {}).get("dit", {})
+    for key in adapter.blocks():
+        earlier = _strip_moga(dit.get((f"{key.block_type}_block", key.block_index)))
+        wanted = capture is not None or (key.index in routers.routers)
+        if wanted:
+            model_patcher.set_model_patch_replace(patch.block_patch(key, earlier), "dit",
+                                                  f"{key.block_type}_block", key.block_index)
+        elif earlier is not None:
+            model_patcher.set_model_patch_replace(earlier, "dit", f"{key.block_type}_block", key.block_index)
+        elif (f"{key.block_type}_block", key.block_index) in dit:
+            dit.pop((f"{key.block_type}_block", key.block_index))
+    model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY,
+                                       patch.diffusion_wrapper)
+    model_patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, KEY, patch.on_pre_run)
+    model_patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, KEY, patch.on_cleanup)
+    model_patcher.model_options.setdefault("moga", {})["patch"] = patch
+    return patch
+
+
+def patch_of(model_patcher) -> MogaPatch | None:
+    return model_patcher.model_options.get("moga", {}).get("patch")
+
+
+def check_routers(adapter: ModelAdapter, routers: RouterSet, model_patcher=None, source: str = "router") -> None:
+    """Routers must belong to this model: same family, width and block count (the error names both sides)."""
+    name = type(getattr(model_patcher, "model", None)).__name__ if model_patcher is not None else adapter.family
+    problems = []
+    if routers.model_family not in (adapter.family, "unknown"):
+        problems.append(f"family {routers.model_family!r} vs the model's {adapter.family!r}")
+    if routers.hidden_size != adapter.hidden_size:
+        problems.append(f"hidden size {routers.hidden_size} vs the model's {adapter.hidden_size}")
+    if routers.num_blocks != adapter.num_blocks:
+        problems.append(f"{routers.num_blocks} blocks vs the model's {adapter.num_blocks}")
+    if problems:
+        raise ValueError(f"the {source} does not fit this {adapter.display_name} model ({name}): "
+                         + "; ".join(problems))
+
+
+def with_options(patch_options: PatchOptions, **changes) -> PatchOptions:
+    return replace(patch_options, **changes)

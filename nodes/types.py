@@ -1,0 +1,8 @@
+"""Custom socket types of the pack."""
+
+from comfy_api.latest import io
+
+# a moga_core.routers.RouterSet: one router per patched block plus its metadata
+MogaRouter = io.Custom("MOGA_ROUTER")
+# a shot plan (nodes.shots.ShotPlan): per-shot captions and latent-frame ranges
+MogaShots = io.Custom("MOGA_SHOTS")
