@@ -216,6 +216,8 @@ class MogaPatch:
             self.stats["dense"][reason] += 1
         return None
 
+    # torch.compile (ComfyUI's compile nodes) traces around these: routing and packing need host-side sizes
+    @torch.compiler.disable
     def plan_block(self, key: BlockKey, args: dict, to: dict):
         info = (to.get(FORWARD) or {}).get(id(self))
         if info is None:
@@ -260,6 +262,7 @@ class MogaPatch:
         self._overrides[id(previous)] = (previous, override)
         return override
 
+    @torch.compiler.disable
     def attend(self, route: Route, q, k, v, heads, mask, skip_reshape, skip_output_reshape, kwargs):
         """MoGA for one self-attention call, or None to leave it to the dense backend."""
         if q.shape != k.shape or q.shape != v.shape or kwargs.get("enable_gqa") or \
@@ -370,7 +373,9 @@ def _global_keep_from_mask(mask, layout: VideoLayout, n: int):
     if flat.dtype == torch.bool:
         keep = flat
     else:
-        keep = flat > -1.0  # additive: 0 keeps, a large negative number drops
+        keep = flat == 0  # additive: 0 keeps a key, a huge negative number (or -inf) drops it
+        if not bool((keep | (flat <= -1e4)).all()):
+            return None  # a soft bias, not a padding mask: leave it to the dense backend
     if not bool(keep[p:p + nv].all()):
         return None  # masks video tokens: not ours to interpret
     return torch.cat([keep[:p], keep[p + nv:]])

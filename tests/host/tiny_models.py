@@ -32,8 +32,14 @@ def wan_state_dict(dim=256, layers=2, ffn=512, in_dim=16, out_dim=16, model_type
     kwargs = dict(model_type=model_type, patch_size=(1, 2, 2), text_len=512, in_dim=in_dim, dim=dim, ffn_dim=ffn,
                   freq_dim=256, text_dim=4096, out_dim=out_dim, num_heads=dim // 128, num_layers=layers,
                   window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6,
-                  in_dim_ref_conv=in_dim_ref_conv, operations=comfy.ops.disable_weight_init)
+                  operations=comfy.ops.disable_weight_init)
+    if in_dim_ref_conv is not None:
+        kwargs["in_dim_ref_conv"] = in_dim_ref_conv
+    if model_type.startswith("camera"):
+        model = wan.CameraWanModel(**kwargs)
+        return _randomize(model, seed)
     if vace_layers is not None:
+        kwargs["model_type"] = "vace"
         model = wan.VaceWanModel(vace_layers=vace_layers, vace_in_dim=96, **kwargs)
     else:
         model = wan.WanModel(**kwargs)
@@ -47,7 +53,8 @@ def hunyuan_state_dict(hidden=256, double=2, single=2, in_channels=16, context_d
     params = dict(in_channels=in_channels, out_channels=in_channels if not v15 else 32, vec_in_dim=None if v15 else 768,
                   context_in_dim=context_dim, hidden_size=hidden, mlp_ratio=4.0, num_heads=hidden // 128,
                   depth=double, depth_single_blocks=single, axes_dim=[16, 56, 56], theta=256, patch_size=[1, 2, 2],
-                  qkv_bias=True, guidance_embed=False)
+                  qkv_bias=True, guidance_embed=False, byt5=False, meanflow=False, use_cond_type_embedding=False,
+                  vision_in_dim=None, meanflow_sum=False)
     if v15:
         params.update(use_cond_type_embedding=True, vision_in_dim=1152, meanflow=False, meanflow_sum=True, byt5=False)
     model = hv.HunyuanVideo(image_model="hunyuan_video", operations=comfy.ops.disable_weight_init, **params)
@@ -71,7 +78,7 @@ def wan_conditioning(tokens=12, seed=1, batch=1, **extra):
 def hunyuan_conditioning(tokens=10, context_dim=64, seed=1, pad=3):
     """What HunyuanVideo's LLaVA encoder gives: (B, L, C), the CLIP-L pooled vector and a text attention mask."""
     gen = torch.Generator().manual_seed(seed)
-    mask = torch.ones(1, tokens)
+    mask = torch.ones(1, tokens, dtype=torch.long)  # integer, as the tokenizer's mask (ComfyUI makes it additive)
     if pad:
         mask[:, -pad:] = 0  # padded text tokens, which the model masks out of attention
     return [[torch.randn(1, tokens, context_dim, generator=gen),

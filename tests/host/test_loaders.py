@@ -1,0 +1,135 @@
+"""Router files, MoGA checkpoints, calibration and the loader nodes, through ComfyUI's real loaders."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import tiny_models as tm
+
+pytestmark = pytest.mark.host
+
+OPTIONS = dict(combine="router default", windows_h=2, windows_w=2, temporal_group=2, neighbor_frames=1,
+               frame_branch=True, balanced=False, start_percent=0.0, end_percent=1.0, dense_blocks="",
+               min_tokens=0, backend="auto")
+
+
+def sample(model, steps=3, seed=0):
+    import nodes
+
+    pos, neg = tm.wan_conditioning(seed=1), tm.wan_conditioning(seed=2)
+    return nodes.common_ksampler(model, seed, steps, 5.0, "euler", "simple", pos, neg, tm.video_latent())[0]["samples"]
+
+
+def trained_routers(moga, m=3, seed=0, width=256, blocks=2):
+    gen = torch.Generator().manual_seed(seed)
+    routers = {i: moga.core.Router.from_weights(torch.randn(m, width, generator=gen), torch.randn(m, generator=gen))
+               for i in range(blocks)}
+    return moga.routers.RouterSet(routers, "wan", width, blocks, combine="mean", source="trained")
+
+
+def test_moga_checkpoint_loads_like_unet_loader_plus_router_plus_apply(moga, models_dir, caplog):
+    import nodes
+
+    model_sd = tm.wan_state_dict(seed=3)
+    routers = trained_routers(moga)
+    checkpoint = dict(model_sd)
+    for key, tensor in routers.state_dict().items():  # MoGA checkpoint: router keys beside the model's own
+        index, rest = key.split(".")[1], key.split(".", 2)[2]
+        checkpoint[f"blocks.{index}.self_attn.{rest}"] = tensor
+    save_file(checkpoint, str(models_dir / "diffusion_models" / "tiny_moga.safetensors"))
+    save_file(model_sd, str(models_dir / "diffusion_models" / "tiny_wan.safetensors"))
+    routers.save(str(models_dir / "moga" / "tiny_router.safetensors"))
+
+    with caplog.at_level(logging.WARNING):
+        one_node, loaded_routers = moga.NODES["MoGALoadModel"].execute(
+            unet_name="tiny_moga.safetensors", weight_dtype="default",
+            router_name="(routers inside the model file)", **OPTIONS).args
+    assert not [r for r in caplog.records if "router" in r.getMessage()], "router keys must not be reported"
+    assert loaded_routers.source == "trained" and loaded_routers.combine == "mean"
+
+    unet = nodes.UNETLoader().load_unet("tiny_wan.safetensors", "default")[0]
+    router = moga.NODES["MoGALoadRouter"].execute(router_name="tiny_router.safetensors").args[0]
+    three_nodes = moga.NODES["MoGAApply"].execute(model=unet, router=router, **OPTIONS).args[0]
+
+    a, b = sample(one_node), sample(three_nodes)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, sample(unet))
+    # the router file through the loader's own router_name input is the same again
+    via_file = moga.NODES["MoGALoadModel"].execute(unet_name="tiny_wan.safetensors", weight_dtype="default",
+                                                   router_name="tiny_router.safetensors", **OPTIONS).args[0]
+    assert torch.equal(sample(via_file), a)
+
+
+def test_model_without_routers_needs_a_router_file(moga, models_dir):
+    save_file(tm.wan_state_dict(), str(models_dir / "diffusion_models" / "plain.safetensors"))
+    with pytest.raises(ValueError, match="has no router weights; choose a router file"):
+        moga.NODES["MoGALoadModel"].execute(unet_name="plain.safetensors", weight_dtype="default",
+                                            router_name="(routers inside the model file)", **OPTIONS)
+
+
+def test_router_loader_splits_a_full_checkpoint(moga, models_dir):
+    model_sd = tm.wan_state_dict(seed=4)
+    routers = trained_routers(moga, seed=5)
+    checkpoint = {f"model.diffusion_model.{k}": v for k, v in model_sd.items()}
+    for key, tensor in routers.state_dict().items():
+        checkpoint[f"model.diffusion_model.{key}"] = tensor
+    save_file(checkpoint, str(models_dir / "moga" / "full_checkpoint.safetensors"))
+    loaded = moga.NODES["MoGALoadRouter"].execute(router_name="full_checkpoint.safetensors").args[0]
+    assert loaded.model_family == "wan" and loaded.num_blocks == 2 and loaded.hidden_size == 256
+    for i in range(2):
+        assert torch.equal(loaded.routers[i].weight, routers.routers[i].weight)
+        assert torch.equal(loaded.routers[i].bias, routers.routers[i].bias)
+
+
+def test_empty_router_folder_is_a_clear_message(moga, models_dir):
+    message = moga.NODES["MoGALoadRouter"].validate_inputs(router_name="anything.safetensors")
+    assert isinstance(message, str) and "no router files found in models/moga/" in message
+    assert str(models_dir / "moga") in message
+
+
+def test_wrong_router_file_for_the_model_names_both_sides(moga, models_dir):
+    import nodes
+
+    save_file(tm.wan_state_dict(), str(models_dir / "diffusion_models" / "tiny_wan.safetensors"))
+    unet = nodes.UNETLoader().load_unet("tiny_wan.safetensors", "default")[0]
+    other = trained_routers(moga, width=512, blocks=2)
+    with pytest.raises(ValueError, match="hidden size 512 vs the model's 256"):
+        moga.NODES["MoGAApply"].execute(model=unet, router=other, **OPTIONS)
+    save_file({"foo": torch.zeros(2)}, str(models_dir / "moga" / "not_a_router.safetensors"))
+    with pytest.raises(ValueError, match="holds no MoGA routers"):
+        moga.NODES["MoGALoadRouter"].execute(router_name="not_a_router.safetensors")
+
+
+def test_calibrate_save_load_round_trip_gives_identical_routing(moga, models_dir):
+    model = tm.load(tm.wan_state_dict(seed=7))
+    pos, neg = tm.wan_conditioning(seed=1), tm.wan_conditioning(seed=2)
+    calibrated = moga.NODES["MoGACalibrateRouter"].execute(
+        model=model, positive=pos, negative=neg, latent=tm.video_latent(), steps=2, cfg=5.0, sampler_name="euler",
+        scheduler="simple", groups=4, seed=11, tokens_per_block=256).args[0]
+    assert calibrated.combine == "union" and calibrated.source == "calibrated"
+    assert sorted(calibrated.routers) == [0, 1] and calibrated.num_groups == 4
+    # deterministic under its seed
+    again = moga.calibrate.calibrate(model, pos, neg, tm.video_latent(), 2, 5.0, "euler", "simple", 11, 4, 256)
+    assert all(torch.equal(calibrated.routers[i].weight, again.routers[i].weight) for i in range(2))
+
+    path = moga.NODES["MoGASaveRouter"].execute(router=calibrated, filename="calib/tiny").args[0]
+    assert path.endswith("calib/tiny_00001.safetensors")
+    second = moga.NODES["MoGASaveRouter"].execute(router=calibrated, filename="calib/tiny").args[0]
+    assert second.endswith("calib/tiny_00002.safetensors")  # never overwrites
+    loaded = moga.NODES["MoGALoadRouter"].execute(router_name="calib/tiny_00001.safetensors").args[0]
+    x = torch.randn(1, 300, 256)
+    for i in range(2):
+        g1, p1 = calibrated.routers[i](x)
+        g2, p2 = loaded.routers[i](x)
+        assert torch.equal(g1, g2) and torch.equal(p1, p2)
+    assert loaded.extra.get("calibration", {}).get("seed") == 11
+
+    patched = moga.NODES["MoGAApply"].execute(model=model, router=loaded, **OPTIONS).args[0]
+    out = sample(patched)
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="filename"):
+        moga.NODES["MoGASaveRouter"].execute(router=calibrated, filename="../escape")
