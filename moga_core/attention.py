@@ -85,14 +85,46 @@ def _check_inputs(q, k, v, layout, cfg, groups, gate):
 
 
 def _check_global_keep(global_keep, layout, device):
+    """-> None, or a (T, Ng) bool table: which global tokens each latent frame's video queries may attend to."""
     if global_keep is None:
         return None
-    ng = layout.num_global_tokens
-    if not torch.is_tensor(global_keep) or global_keep.dtype != torch.bool or global_keep.shape != (ng,):
-        raise ValueError(f"global_keep must be a bool tensor of shape ({ng},) (prefix + suffix tokens), got "
+    ng, t_len = layout.num_global_tokens, layout.grid[0]
+    ok = torch.is_tensor(global_keep) and global_keep.dtype == torch.bool and \
+        tuple(global_keep.shape) in ((ng,), (t_len, ng))
+    if not ok:
+        raise ValueError(f"global_keep must be a bool tensor of shape ({ng},) or ({t_len}, {ng}) (per latent frame) "
+                         f"for the {ng} prefix + suffix tokens, got "
                          f"{getattr(global_keep, 'dtype', type(global_keep).__name__)} "
                          f"{tuple(getattr(global_keep, 'shape', ()))}")
-    return global_keep.to(device)
+    global_keep = global_keep.to(device)
+    return global_keep.expand(t_len, ng) if global_keep.dim() == 1 else global_keep
+
+
+def _global_term(q, k, v, layout, glob_idx, keep, scale):
+    """Video queries against the global keys: (B·Nv, H, D) output and (B·Nv, H) lse (−inf where none may be seen)."""
+    b, _, h, d = q.shape
+    p, nv, hw = layout.prefix, layout.num_video_tokens, layout.tokens_per_frame
+    qv = q[:, p:p + nv].transpose(1, 2)  # (B, H, Nv, D)
+    if keep is None or bool(keep.all()):
+        kg = k.index_select(1, glob_idx).transpose(1, 2)
+        vg = v.index_select(1, glob_idx).transpose(1, 2)
+        og, lg = sdpa_with_lse(qv, kg, vg, scale, True)
+    else:
+        og = q.new_zeros(b, h, nv, d)
+        lg = torch.full((b, h, nv), float("-inf"), dtype=lse_dtype(q.dtype), device=q.device)
+        patterns, frame_pattern = torch.unique(keep, dim=0, return_inverse=True)
+        for i in range(patterns.shape[0]):
+            if not bool(patterns[i].any()):
+                continue  # these frames see no global token
+            frames = (frame_pattern == i).nonzero().flatten()
+            rows = (frames[:, None] * hw + torch.arange(hw, device=q.device)).flatten()
+            key_idx = glob_idx[patterns[i]]
+            kg = k.index_select(1, key_idx).transpose(1, 2)
+            vg = v.index_select(1, key_idx).transpose(1, 2)
+            o, l = sdpa_with_lse(qv.index_select(2, rows), kg, vg, scale, True)
+            og = og.index_copy(2, rows, o)
+            lg = lg.index_copy(2, rows, l.to(lg.dtype))
+    return og.transpose(1, 2).reshape(b * nv, h, d), lg.transpose(1, 2).reshape(b * nv, h)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -149,8 +181,9 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
     """MoGA attention. q, k, v: (B, N, H, D) with N = layout.num_tokens; groups (B, Nv) int; gate (B, Nv).
 
     Returns (B, N, H, D) in q's dtype. ``gate=None`` in ``"mean"`` mode means an ungated group branch (p = 1).
-    ``global_keep`` (prefix + suffix,) bool: which global tokens are real keys (False = padding, e.g. HunyuanVideo's
-    padded text); every query ignores the others. If ``stats`` is a dict it receives ``density`` (scores computed /
+    ``global_keep``: which global tokens video queries may attend to, (prefix + suffix,) bool for all of them (False =
+    padding, e.g. HunyuanVideo's padded text) or (T, prefix + suffix) per latent frame (each shot's frames see the
+    global caption and their own); global queries skip only keys that no frame may see. If ``stats`` is a dict it receives ``density`` (scores computed /
     N²), ``group_sizes`` and ``backend``.
     """
     groups, gate = _check_inputs(q, k, v, layout, cfg, groups, gate)
@@ -180,12 +213,7 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
 
     if has_glob:
         glob_idx = torch.cat([torch.arange(p, device=q.device), torch.arange(p + nv, n, device=q.device)])
-        key_idx = glob_idx if global_keep is None else glob_idx[global_keep]
-        qv = q[:, p:p + nv].transpose(1, 2)
-        kg = k.index_select(1, key_idx).transpose(1, 2)
-        vg = v.index_select(1, key_idx).transpose(1, 2)
-        og, lg = sdpa_with_lse(qv, kg, vg, scale, True)
-        results["global"] = (1.0, og.transpose(1, 2).reshape(b * nv, h, d), lg.transpose(1, 2).reshape(b * nv, h))
+        results["global"] = (1.0,) + _global_term(q, k, v, layout, glob_idx, global_keep, scale)
 
     if union:
         video = _merge(list(results.values()))
@@ -211,9 +239,9 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
     if has_glob:
         qg = q.index_select(1, glob_idx).transpose(1, 2)
         key_mask = None
-        if global_keep is not None:
+        if global_keep is not None:  # global queries skip only the keys no frame may see (padding)
             key_mask = torch.ones(n, dtype=torch.bool, device=q.device)
-            key_mask[glob_idx] = global_keep
+            key_mask[glob_idx] = global_keep.any(0)
             key_mask = key_mask.view(1, 1, 1, n)
         dense = torch.nn.functional.scaled_dot_product_attention(qg, k.transpose(1, 2), v.transpose(1, 2),
                                                                  attn_mask=key_mask, scale=scale).transpose(1, 2)
@@ -293,12 +321,16 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layou
     nv, p = layout.num_video_tokens, layout.prefix
     scale = default_scale(d) if scale is None else float(scale)
     out = torch.empty(b, n, h, d, dtype=torch.float64, device=q.device)
-    valid = torch.ones(n, dtype=torch.bool, device=q.device)  # keys that exist at all
+    glob_rows = list(range(p)) + list(range(p + nv, n))
+    valid = torch.ones(n, dtype=torch.bool, device=q.device)  # keys global queries may see
+    per_query = torch.ones(nv, n, dtype=torch.bool, device=q.device)  # keys each video query may see
     if global_keep is not None:
-        valid[list(range(p)) + list(range(p + nv, n))] = global_keep
+        valid[glob_rows] = global_keep.any(0)
+        frame_of = torch.arange(layout.grid[0], device=q.device).repeat_interleave(layout.tokens_per_frame)
+        per_query[:, glob_rows] = global_keep[frame_of]
     for i in range(b):
         qi, ki, vi = (t[i].transpose(0, 1).double() for t in (q, k, v))  # (H, N, D)
-        masks = {name: m & valid for name, m in branch_masks(layout, cfg, groups[i]).items()}
+        masks = {name: m & per_query for name, m in branch_masks(layout, cfg, groups[i]).items()}
         qv = qi[:, p:p + nv]
         if cfg.combine == "union":
             union = masks["global"] | masks["group"]
@@ -316,7 +348,6 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layou
             video = video / cfg.num_branches
         out[i, p:p + nv] = video.transpose(0, 1)
         if layout.num_global_tokens:
-            glob_rows = list(range(p)) + list(range(p + nv, n))
             qg = qi[:, glob_rows]
             scores = (torch.matmul(qg, ki.transpose(-1, -2)) * scale).masked_fill(~valid, float("-inf"))
             dense = torch.softmax(scores, dim=-1) @ vi

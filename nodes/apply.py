@@ -6,7 +6,7 @@ from comfy_api.latest import io
 
 from .options import option_inputs, options_from_inputs
 from .patcher import install
-from .types import MogaRouter
+from .types import MogaRouter, MogaShots
 
 
 class MoGAApply(io.ComfyNode):
@@ -23,13 +23,19 @@ class MoGAApply(io.ComfyNode):
                 io.Model.Input("model", tooltip="A Wan 2.1/2.2 or HunyuanVideo model."),
                 MogaRouter.Input("router", tooltip="Routers from MoGA Router Loader or MoGA Calibrate Router."),
                 *option_inputs(),
+                MogaShots.Input("shots", optional=True,
+                                tooltip="A shot plan: local windows break at its cuts for every prompt (the "
+                                        "multi-shot prompt already carries it for its own conditioning)."),
             ],
             outputs=[io.Model.Output(tooltip="The MoGA-patched model (the input model is unchanged).")],
             search_aliases=["mixture of groups", "sparse attention", "long video"],
         )
 
     @classmethod
-    def execute(cls, model, router, **options) -> io.NodeOutput:
+    def execute(cls, model, router, shots=None, **options) -> io.NodeOutput:
         patched = model.clone()
-        install(patched, router, options_from_inputs(**options))
+        patch_options = options_from_inputs(**options)
+        if shots is not None:
+            patch_options.shots = tuple(shots.latent_starts)
+        install(patched, router, patch_options)
         return io.NodeOutput(patched)

@@ -8,6 +8,8 @@ from .apply import MoGAApply
 from .calibrate import MoGACalibrateRouter
 from .load_model import MoGALoadModel
 from .load_router import MoGALoadRouter
+from .long_video import MoGALongVideoGuider, MoGALongVideoSampler
+from .multishot import MoGAMultiShotPrompt
 from .router_files import register_folder
 from .save_router import MoGASaveRouter
 
@@ -17,4 +19,5 @@ class MogaExtension(ComfyExtension):
         register_folder()
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [MoGALoadModel, MoGALoadRouter, MoGAApply, MoGACalibrateRouter, MoGASaveRouter]
+        return [MoGALoadModel, MoGALoadRouter, MoGAApply, MoGACalibrateRouter, MoGASaveRouter, MoGAMultiShotPrompt,
+                MoGALongVideoSampler, MoGALongVideoGuider]

@@ -26,17 +26,19 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+import comfy.model_management
 import comfy.patcher_extension
 from ..moga_core import MogaConfig, VideoLayout, moga_attention
 from ..moga_core.routers import RouterSet
 
 from .adapters import BlockKey, ModelAdapter, adapter_for
+from .shot_attention import plan_of
+from .shots import LAYOUT_SHOTS, ShotPlan, frame_shots, text_keep_table
 
 KEY = "moga"
 OVERRIDE = "optimized_attention_override"
 STASH = "moga_route"  # per block call: the routing the block's self-attention consumes
 FORWARD = "moga_forward"  # per forward: facts the wrapper read
-SHOTS = "moga_shots"  # per cond: latent-frame shot starts (set by the multi-shot conditioning)
 
 log = logging.getLogger("moga")
 
@@ -80,7 +82,7 @@ class PatchOptions:
     dense_blocks: str = ""
     min_tokens: int = 0
     backend: str = "auto"
-    shots: tuple[int, ...] | None = None  # latent-frame shot starts, when known at patch time
+    shots: tuple[int, ...] | None = None  # latent-frame shot starts for conds without a shot plan of their own
 
 
 @dataclass
@@ -92,14 +94,16 @@ class Route:
     layout: VideoLayout
     groups: torch.Tensor  # (B, Nv) int64
     gate: torch.Tensor  # (B, Nv)
+    info: ForwardInfo
 
 
 @dataclass
 class ForwardInfo:
     grid: tuple[int, int, int] | None
     sparse: bool  # inside [start_percent, end_percent]
-    shots: tuple[int, ...]
+    shots: tuple[int, ...]  # latent-frame shot starts of the whole video
     facts: dict = field(default_factory=dict)
+    plan: ShotPlan | None = None  # the multi-shot plan, when the cond carries per-shot captions
 
 
 class MogaPatch:
@@ -174,7 +178,11 @@ class MogaPatch:
         facts = self.adapter.forward_info(args, kwargs)
         x_shape = facts.get("x_shape")
         grid = self.adapter.grid(x_shape, {}) if x_shape is not None and len(x_shape) == 5 else None
-        shots = to.get(SHOTS) or self.options.shots or (0,)
+        plan = plan_of(to)
+        if plan is not None:
+            shots = plan.latent_starts
+        else:
+            shots = to.get(LAYOUT_SHOTS) or self.options.shots or (0,)
         sparse = self.sparse_at(to.get("sigmas"))
         with self._lock:
             self.stats["forwards"] += 1
@@ -183,7 +191,7 @@ class MogaPatch:
             if sigmas is not None:
                 self.stats["sigmas"].append(float(sigmas.reshape(-1)[0]))
         infos = dict(to.get(FORWARD) or {})
-        infos[id(self)] = ForwardInfo(grid, sparse, tuple(shots), facts)
+        infos[id(self)] = ForwardInfo(grid, sparse, tuple(shots), facts, plan)
         to[FORWARD] = infos
         if self.routers is not None:
             current = to.get(OVERRIDE)
@@ -197,6 +205,7 @@ class MogaPatch:
     # ---- block replace patch
     def block_patch(self, key: BlockKey, previous):
         def moga_block(args, extra):
+            comfy.model_management.throw_exception_if_processing_interrupted()  # interrupt within a step too
             to = args["transformer_options"]
             route = self.plan_block(key, args, to)
             if route is not None:
@@ -250,7 +259,7 @@ class MogaPatch:
         with torch.no_grad():
             x_mod = self.adapter.router_input(key, args, span)
             groups, gate = self.router(key.index, x_mod.device)(x_mod, balanced=self.cfg.balanced)
-        return Route(self, key, layout, groups, gate.to(x_mod.dtype))
+        return Route(self, key, layout, groups, gate.to(x_mod.dtype), info)
 
     # ---- attention override
     def override_over(self, previous):
@@ -283,6 +292,9 @@ class MogaPatch:
             global_keep = _global_keep_from_mask(mask, layout, n)
             if global_keep is None:
                 return self._dense("attention mask")
+        captions = self._caption_keep(route, layout, n, kwargs.get("transformer_options") or {}, q.device)
+        if captions is not None:
+            global_keep = captions if global_keep is None else captions & global_keep[None]
         if skip_reshape:
             q4, k4, v4 = (t.transpose(1, 2) for t in (q, k, v))
         else:
@@ -295,6 +307,22 @@ class MogaPatch:
         if skip_output_reshape:
             return out.transpose(1, 2)
         return out.reshape(b, n, h * d)
+
+
+    def _caption_keep(self, route: Route, layout: VideoLayout, n: int, to: dict, device):
+        """(T, prefix + suffix) caption visibility per latent frame when the cond carries per-shot captions."""
+        plan = route.info.plan
+        if plan is None or plan.shot_tokens is None or layout.num_global_tokens == 0:
+            return None
+        found = self.adapter.text_layout(n, n, True, layout.num_video_tokens, plan.text_tokens, route.info.facts)
+        if found is None or found[0] != "joint":
+            return None
+        text_start = found[1]
+        window = to.get("context_window")
+        rows = text_keep_table(plan, frame_shots(plan, layout.grid[0], getattr(window, "index_list", None)))
+        keep = torch.ones(layout.grid[0], layout.num_global_tokens, dtype=torch.bool)
+        keep[:, text_start:text_start + plan.text_tokens] = torch.tensor(rows, dtype=torch.bool)
+        return keep.to(device)
 
 
 def _make_override(patch: MogaPatch, previous):
@@ -411,6 +439,8 @@ def install(model_patcher, routers: RouterSet | None, options: PatchOptions, cap
             model_patcher.set_model_patch_replace(earlier, "dit", f"{key.block_type}_block", key.block_index)
         elif (f"{key.block_type}_block", key.block_index) in dit:
             dit.pop((f"{key.block_type}_block", key.block_index))
+    for path, replacement in adapter.shot_object_patches().items():
+        model_patcher.add_object_patch(path, replacement)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY,
                                        patch.diffusion_wrapper)
     model_patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, KEY, patch.on_pre_run)

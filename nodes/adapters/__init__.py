@@ -24,13 +24,22 @@ def adapter_for(model_patcher) -> ModelAdapter:
     diffusion_model = getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
     if diffusion_model is None:
         raise UnsupportedModelError(f"expected a diffusion MODEL; got {type(model_patcher).__name__}")
+    adapter = adapter_for_module(diffusion_model)
+    if adapter is None:
+        raise UnsupportedModelError(
+            f"MoGA cannot patch {type(diffusion_model).__name__} "
+            f"({type(model_patcher.model).__name__}); supported: {SUPPORTED_FAMILIES}"
+        )
+    return adapter
+
+
+def adapter_for_module(diffusion_model) -> ModelAdapter | None:
+    """The adapter of a diffusion model module, or None for a family the pack does not know."""
     for classes, adapter in _supported():
         if type(diffusion_model) in classes:
             return adapter(diffusion_model)
-    raise UnsupportedModelError(
-        f"MoGA cannot patch {type(diffusion_model).__name__} "
-        f"({type(model_patcher.model).__name__}); supported: {SUPPORTED_FAMILIES}"
-    )
+    return None
 
 
-__all__ = ["BlockKey", "ModelAdapter", "UnsupportedModelError", "adapter_for", "SUPPORTED_FAMILIES"]
+__all__ = ["BlockKey", "ModelAdapter", "UnsupportedModelError", "adapter_for", "adapter_for_module",
+           "SUPPORTED_FAMILIES"]

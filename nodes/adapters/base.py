@@ -71,6 +71,25 @@ class ModelAdapter:
         """
         raise NotImplementedError
 
+    def text_layout(self, q_tokens: int, k_tokens: int, joint: bool, num_video: int, text_tokens: int,
+                    facts: dict) -> tuple[str, int, int] | None:
+        """Where a shot plan's caption tokens and the video tokens sit in one attention call.
+
+        ``("cross", video_start, 0)``: queries are the model's tokens, keys exactly the captions (Wan).
+        ``("joint", text_start, video_start)``: one sequence with the captions and the video (HunyuanVideo).
+        ``("text", 0, 0)``: attention among the caption tokens only (HunyuanVideo's token refiner).
+        ``None``: this call has nothing to do with the captions.
+        """
+        return None
+
+    def shot_object_patches(self) -> dict:
+        """{path: replacement} object patches a clone needs for per-shot captions beyond attention (may be empty)."""
+        return {}
+
+    def ffn_modules(self) -> list[tuple[str, torch.nn.Module]]:
+        """(path under the BaseModel, module) of the token-wise feed-forward networks worth chunking."""
+        return []
+
     def forward_info(self, args: tuple, kwargs: dict) -> dict:
         """Per-forward facts read from the DIFFUSION_MODEL call's arguments (latent shape, extra-token inputs)."""
         x = args[0]

@@ -63,6 +63,40 @@ class HunyuanVideoAdapter(ModelAdapter):
             return None
         return (txt + extra_img, 0)
 
+    def shot_object_patches(self):
+        """The token refiner pools all text tokens into its conditioning vector, so per-shot captions must be refined
+        one caption at a time (as if each were encoded alone) for a shot's tokens to be independent of the others."""
+        refiner = self.diffusion_model.txt_in
+        original = type(refiner).forward
+
+        def refine_per_caption(x, timesteps, mask, transformer_options={}):
+            from ..shot_attention import plan_of
+
+            plan = plan_of(transformer_options)
+            if plan is None or plan.shot_tokens is None or x.shape[1] != plan.text_tokens:
+                return original(refiner, x, timesteps, mask, transformer_options=transformer_options)
+            ranges = ([plan.global_tokens] if plan.global_tokens else []) + list(plan.shot_tokens)
+            parts = [original(refiner, x[:, a:b], timesteps, None if mask is None else mask[:, a:b],
+                              transformer_options=transformer_options) for a, b in ranges]
+            return torch.cat(parts, dim=1)
+
+        return {"diffusion_model.txt_in.forward": refine_per_caption}
+
+    def ffn_modules(self):
+        # double blocks' image MLP; single blocks fuse their MLP into the attention projections
+        return [(f"diffusion_model.double_blocks.{i}.img_mlp", b.img_mlp)
+                for i, b in enumerate(self.diffusion_model.double_blocks)]
+
+    def text_layout(self, q_tokens, k_tokens, joint, num_video, text_tokens, facts):
+        if not joint or q_tokens != k_tokens:
+            return None
+        if q_tokens == text_tokens:
+            return ("text", 0, 0)  # the token refiner: each caption is refined on its own, as if encoded alone
+        prefix = q_tokens - num_video  # [text, (reference-latent tokens)] before the video
+        if prefix == text_tokens or (prefix > text_tokens and facts.get("has_reference")):
+            return ("joint", 0, prefix)
+        return None  # extra text streams (byT5, vision tokens) we cannot place: captions stay global
+
     def router_input(self, key, args, span):
         from comfy.ldm.flux.layers import apply_mod
 

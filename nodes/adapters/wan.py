@@ -59,6 +59,16 @@ class WanAdapter(ModelAdapter):
             return (0, extra)
         return None  # both kinds at once, or tokens we cannot place: stay dense
 
+    def ffn_modules(self):
+        return [(f"diffusion_model.blocks.{i}.ffn", b.ffn) for i, b in enumerate(self.diffusion_model.blocks)]
+
+    def text_layout(self, q_tokens, k_tokens, joint, num_video, text_tokens, facts):
+        if joint or k_tokens != text_tokens or q_tokens < num_video:
+            return None  # self-attention, or the i2v CLIP-image call (257 image tokens)
+        extra = q_tokens - num_video
+        video_start = extra if facts.get("has_reference") and not facts.get("has_context_latents") else 0
+        return ("cross", video_start, 0)
+
     def router_input(self, key, args, span):
         from comfy.ldm.wan.model import repeat_e  # ComfyUI's own expansion of per-frame modulation
         import comfy.model_management

@@ -198,3 +198,25 @@ def test_padded_global_tokens_are_ignored_as_keys():
         assert torch.allclose(out, out2, atol=1e-6)
     with pytest.raises(ValueError, match=r"global_keep must be a bool tensor of shape \(7,\)"):
         moga_attention(q, k, v, layout, MogaConfig(num_groups=3), groups, gate, global_keep=keep[:5])
+
+
+def test_per_frame_global_keys_restrict_video_queries_only():
+    """Multi-shot text in joint attention: each shot's frames see the global caption and their own."""
+    layout = VideoLayout(grid=(4, 3, 3), shots=(0, 2), prefix=6)
+    q, k, v, groups, gate = make_inputs(layout, 1, 2, 32, 2, seed=31)
+    keep = torch.zeros(4, 6, dtype=torch.bool)
+    keep[:, :2] = True  # global caption tokens 0-1
+    keep[:2, 2:4] = True  # shot 0's caption for frames 0-1
+    keep[2:, 4:5] = True  # shot 1's caption (token 5 is padding nobody sees)
+    for combine in ("mean", "union"):
+        cfg = MogaConfig(num_groups=2, combine=combine, temporal_group=2)
+        out = moga_attention(q, k, v, layout, cfg, groups, gate, global_keep=keep)
+        assert rel_err(out, reference_attention(q, k, v, layout, cfg, groups, gate, global_keep=keep)) <= 1e-5
+        k2, v2 = k.clone(), v.clone()
+        k2[:, 4] += 3.0
+        v2[:, 4] += 3.0  # shot 1's caption changes
+        out2 = moga_attention(q, k2, v2, layout, cfg, groups, gate, global_keep=keep)
+        nv_rows = slice(6, 6 + 18)  # frames 0-1 of the video
+        # shot 0's frames see no shot-1 caption token directly; their group/local keys are video tokens only
+        assert torch.allclose(out[:, nv_rows], out2[:, nv_rows], atol=1e-6)
+        assert not torch.allclose(out[:, 6 + 18:], out2[:, 6 + 18:])

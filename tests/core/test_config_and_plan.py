@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from moga_core import MogaConfig, VideoLayout
-from moga_core.config import check_config_for_layout
+from moga_core.config import _warned_rounding, check_config_for_layout
 from moga_core.plan import build_local_plan, temporal_groups, window_of_rows_cols
 
 
@@ -59,6 +59,7 @@ def test_config_against_layout():
         check_config_for_layout(MogaConfig(num_groups=25), layout)
     with pytest.raises(ValueError, match=r"more windows than the frame has rows/columns \(H = 3, W = 4\)"):
         check_config_for_layout(MogaConfig(window=(4, 2)), layout)
+    _warned_rounding.clear()  # the warning is said once per (window, frame) per process
     with pytest.warns(UserWarning, match=r"rows \[1, 2\] and columns \[2, 2\]"):
         check_config_for_layout(MogaConfig(window=(2, 2)), layout)
 
