@@ -51,6 +51,10 @@ def time_call(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def _peak_gib(device: torch.device):
+    return torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
+
+
 def dense_candidates(device: torch.device, dtype: torch.dtype):
     """(name, context-manager factory) for the SDPA kernels worth timing on this device."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -65,7 +69,8 @@ def dense_candidates(device: torch.device, dtype: torch.dtype):
 @torch.no_grad()
 def run_bench(tokens: int = 32760, heads: int = 12, head_dim: int = 128, groups: int = 8, device: str = "cpu",
               dtype: str = "bf16", repeats: int = 10, shots: int = 3, backend: str = "auto",
-              modes: list[str] | None = None, check: bool = True, seed: int = 0) -> dict:
+              modes: list[str] | None = None, check: bool = True, seed: int = 0,
+              dense_kernels: list[str] | None = None) -> dict:
     dev = torch.device(device)
     dt = DTYPES[dtype]
     if dev.type == "cpu" and dt != torch.float32:
@@ -87,6 +92,10 @@ def run_bench(tokens: int = 32760, heads: int = 12, head_dim: int = 128, groups:
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
     best_dense, dense_out, dense_name = None, None, None
     for name, ctx in dense_candidates(dev, dt):
+        if dense_kernels is not None and name not in dense_kernels:
+            continue
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
         try:
             with ctx():
                 fn = lambda: torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
@@ -95,7 +104,7 @@ def run_bench(tokens: int = 32760, heads: int = 12, head_dim: int = 128, groups:
         except RuntimeError:
             continue
         rows.append({"variant": f"dense SDPA ({name})", "ms": ms, "tflops": flops_dense / ms / 1e9,
-                     "density": 1.0})
+                     "density": 1.0, "peak_gib": _peak_gib(dev)})
         if best_dense is None or ms < best_dense:
             best_dense, dense_out, dense_name = ms, out, name
         del out
@@ -117,11 +126,13 @@ def run_bench(tokens: int = 32760, heads: int = 12, head_dim: int = 128, groups:
         stats = {}
         g, gate = router(x, balanced=balanced)
         moga_attention(q, k, v, layout, cfg, g, gate, stats=stats)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
         ms = time_call(layer, dev, repeats)
         out = layer()
         row = {"variant": f"MoGA {mode} (M={groups})", "ms": ms, "density": stats["density"],
                "tflops": stats["density"] * flops_dense / ms / 1e9, "speedup": best_dense / ms,
-               "group_sizes": stats["group_sizes"][0].tolist()}
+               "group_sizes": stats["group_sizes"][0].tolist(), "peak_gib": _peak_gib(dev)}
         # what the sparsity costs: compare with dense attention (for mean mode, against the same ungated mix
         # would be apples to oranges; we report against dense attention, which is what the model was trained on)
         row["err_vs_dense"] = float((out.float() - dense_out.float()).norm() / dense_out.float().norm())

@@ -1,0 +1,171 @@
+"""End to end on a GPU: one denoising step (cond + uncond) of a random-weight ComfyUI WanModel through
+MoGALongVideoSampler, MoGA-patched vs unpatched, with step time and peak GPU memory.
+
+    COMFYUI_PATH=/path/to/ComfyUI python bench/e2e.py --out results/e2e.json [--cases 1.3b:32760,1.3b:187200,...]
+
+The model is ComfyUI's own WanModel class with the Wan 2.1 1.3B (or 14B) shapes and random weights, loaded through
+comfy.sd.load_diffusion_model_state_dict; conditioning is random UMT5-shaped (1, 512, 4096) text for both prompts
+(same length, so ComfyUI batches cond and uncond as B = 2, as it does for real prompts padded to 512). Routers are
+random linear routers with balanced routing (timings do not depend on what the groups mean). Reports, never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import sys
+import time
+
+import torch
+
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHAPES = {  # dim, ffn, layers (heads = dim // 128)
+    "tiny": (256, 512, 2),  # a CPU smoke test of this script
+    "1.3b": (1536, 8960, 30),
+    "14b": (5120, 13824, 40),
+}
+FRAME_TOKENS = 30 * 52  # 480p (832x480): 30 x 52 patches per latent frame
+
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+def init_comfyui(path: str):
+    sys.path.insert(0, path)
+    import comfy.cli_args  # default GPU settings
+
+    comfy.cli_args.args.cpu = not CUDA
+
+    importlib.import_module("utils.install_util")
+    importlib.import_module("utils.extra_config")
+    import nodes
+
+    link = os.path.join("/tmp", "moga_e2e_nodes", "ComfyUI-MoGA")
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    if not os.path.islink(link):
+        os.symlink(PACK_ROOT, link)
+    assert asyncio.run(nodes.load_custom_node(link)), "the pack did not load"
+    name = link.replace(".", "_x_")
+    return {sub: importlib.import_module(f"{name}.{sub}") for sub in
+            ("moga_core", "moga_core.routers", "nodes.patcher", "nodes.long_video")}
+
+
+def random_wan(shape: str, seed: int = 0):
+    import comfy.ldm.wan.model as wan
+    import comfy.ops
+    import comfy.sd
+
+    dim, ffn, layers = SHAPES[shape]
+    with torch.device(DEVICE):
+        model = wan.WanModel(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=dim, ffn_dim=ffn,
+                             freq_dim=256, text_dim=4096, out_dim=16, num_heads=dim // 128, num_layers=layers,
+                             window_size=(-1, -1), qk_norm=True, cross_attn_norm=True, eps=1e-6,
+                             operations=comfy.ops.disable_weight_init, dtype=torch.bfloat16, device=DEVICE)
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and p.dim() == 1:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+    sd = {k: v.cpu() for k, v in model.state_dict().items()}
+    del model
+    if CUDA:
+        torch.cuda.empty_cache()
+    dtype = torch.bfloat16 if CUDA else torch.float32
+    return comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
+
+
+def timed(fn):
+    if not CUDA:
+        t0 = time.perf_counter()
+        return fn(), time.perf_counter() - t0, None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, time.perf_counter() - t0, torch.cuda.max_memory_allocated() / 2 ** 30
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--cases", default="1.3b:32760,1.3b:187200,1.3b:580320")
+    p.add_argument("--dense-max-tokens", type=int, default=187200, help="skip the unpatched run above this")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--combine", default="mean")
+    args = p.parse_args()
+    mods = init_comfyui(os.environ["COMFYUI_PATH"])
+    core, routers_mod, patcher, long_video = (mods[k] for k in ("moga_core", "moga_core.routers", "nodes.patcher",
+                                                                "nodes.long_video"))
+    sampler = long_video.MoGALongVideoSampler
+    gen = torch.Generator().manual_seed(0)
+    pos = [[torch.randn(1, 512, 4096, generator=gen), {}]]
+    neg = [[torch.randn(1, 512, 4096, generator=gen), {}]]
+    results = []
+    models = {}
+    for case in args.cases.split(","):
+        shape, tokens = case.split(":")
+        tokens = int(tokens)
+        if shape not in models:
+            models.clear()
+            if CUDA:
+                torch.cuda.empty_cache()
+            t0 = time.time()
+            models[shape] = random_wan(shape)
+            print(f"built {shape} in {time.time() - t0:.0f} s", flush=True)
+        model = models[shape]
+        frame_tokens = FRAME_TOKENS if shape != "tiny" else 4 * 4
+        frames = 4 * (tokens // frame_tokens - 1) + 1
+        size = dict(width=832, height=480) if shape != "tiny" else dict(width=64, height=64)
+        groups = 20 if tokens > 300000 else 5
+        dim, _, layers = SHAPES[shape]
+        rs = routers_mod.RouterSet({i: core.Router(dim, groups) for i in range(layers)}, "wan", dim, layers,
+                                   combine=args.combine)
+        patched = model.clone()
+        patcher.install(patched, rs, patcher.PatchOptions(start_percent=0.0, min_tokens=0, balanced=True))
+        common = dict(positive=pos, negative=neg, **size, length=frames, seed=0, steps=1, cfg=5.0,
+                      sampler_name="euler", scheduler="simple", shift=0.0, denoise=1.0, ffn_chunk_tokens=0,
+                      context_frames=0, context_overlap=0)
+        # warm-up at a small size (loads weights, builds kernels)
+        sampler.execute(model=patched, **dict(common, length=9))
+        row = {"model": f"Wan {shape} shape (random weights)", "tokens": tokens, "frames": frames, "groups": groups,
+               "combine": args.combine, "balanced": True,
+               "device": torch.cuda.get_device_name(0) if CUDA else "cpu",
+               "torch": torch.__version__}
+        for label, m in (("moga", patched), ("dense", model)):
+            if label == "dense" and tokens > args.dense_max_tokens:
+                continue
+            times, peaks = [], []
+            for _ in range(args.repeats):
+                try:
+                    out, seconds, peak = timed(lambda: sampler.execute(model=m, **common).args[0])
+                except torch.OutOfMemoryError as exc:
+                    row[f"{label}_error"] = f"out of memory: {str(exc)[:200]}"
+                    break
+                assert torch.isfinite(out["samples"]).all(), "non-finite sample"
+                times.append(seconds)
+                peaks.append(peak)
+            if times:
+                row[f"{label}_step_s"] = sorted(times)[len(times) // 2]
+                row[f"{label}_all_s"] = times
+                row[f"{label}_peak_gib"] = max(peaks) if CUDA else None
+            print(f"{shape} N={tokens} {label}: {row.get(label + '_step_s')} s/step, peak "
+                  f"{row.get(label + '_peak_gib')} GiB {row.get(label + '_error', '')}", flush=True)
+        if "dense_step_s" in row and "moga_step_s" in row:
+            row["speedup"] = row["dense_step_s"] / row["moga_step_s"]
+        stats = patcher.patch_of(patched).last_run_stats
+        row["moga_sparse_calls"] = sum(stats["sparse_calls"].values()) if stats else 0
+        results.append(row)
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=1)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,692 @@
+"""The quality study's model: a small real ComfyUI ``WanModel``, trained here, with its attention routed per mode.
+
+Research code for bench/quality.py, not part of the pack: it patches attention without ComfyUI's ModelPatcher.
+
+- `load_comfy` imports ``comfy.ldm.wan.model`` from a ComfyUI tree (``$COMFYUI_PATH``) with only what that module
+  needs (torch, numpy, safetensors, einops, psutil, tqdm, pillow, comfy-aimdo; comfy-kitchen is optional). It sets
+  ``comfy.cli_args.args`` before ``comfy.model_management`` is imported (CPU mode on CPU).
+- `AttentionController` hooks every block: a forward pre-hook on ``block.self_attn`` captures the router input (the
+  self-attention input ``norm1(x)·(1 + e1) + e0``, exactly what q/k/v are projected from) and marks the next attention
+  call as self-attention; ``transformer_options["optimized_attention_override"]`` (honoured by ComfyUI's
+  ``wrap_attn``) then runs that call as dense SDPA, MoGA (`moga_core.moga_attention`), local-only, random groups or
+  the SVG2-style baseline. Cross-attention calls are masked per shot (shot k's frames see shot k's caption).
+- Rectified-flow training (`train`), Euler sampling (`sample`) and capture of (x, q, k, v) for calibration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if PACK_ROOT not in sys.path:
+    sys.path.insert(0, PACK_ROOT)
+
+from moga_core import MogaConfig, Router, VideoLayout, balance_loss, moga_attention  # noqa: E402
+from moga_core.distill import attended_fraction  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------------------------
+# ComfyUI
+
+
+def load_comfy(comfyui_path: str | None = None, cpu: bool | None = None):
+    """Import ComfyUI's Wan model module; returns ``(wan_module, comfy.ops, comfy.model_management)``.
+
+    If ComfyUI is already imported in this process (e.g. by the host-test fixture) it is used as it is.
+    """
+    if "comfy.ldm.wan.model" not in sys.modules:
+        path = comfyui_path or os.environ.get("COMFYUI_PATH")
+        if not path:
+            raise RuntimeError("set COMFYUI_PATH to a ComfyUI tree (only comfy/ and its Python deps are needed)")
+        path = os.path.abspath(path)
+        if not os.path.isfile(os.path.join(path, "comfy", "ldm", "wan", "model.py")):
+            raise RuntimeError(f"no comfy/ldm/wan/model.py under COMFYUI_PATH={path}")
+        if path not in sys.path:
+            sys.path.insert(0, path)
+        import comfy.options  # noqa: F401  (args parsing stays off: parse_args([]))
+        import comfy.cli_args
+
+        if cpu is None:
+            cpu = not torch.cuda.is_available()
+        if cpu:
+            comfy.cli_args.args.cpu = True
+    import comfy.ldm.wan.model as wan
+    import comfy.model_management as mm
+    import comfy.ops as ops
+
+    return wan, ops, mm
+
+
+@contextlib.contextmanager
+def pure_torch_rope(mm):
+    """ComfyUI's ``in_training`` flag: the plain-torch RoPE (autograd-safe, identical on CPU and GPU)."""
+    saved = mm.in_training
+    mm.in_training = True
+    try:
+        yield
+    finally:
+        mm.in_training = saved
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the model
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    dim: int = 256
+    heads: int = 4
+    layers: int = 4
+    ffn: int = 512
+    freq_dim: int = 256
+    in_dim: int = 16
+    text_dim: int = 64
+    patch: tuple[int, int, int] = (1, 2, 2)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_model(spec: ModelSpec, seed: int, device, comfy=None):
+    """A ``comfy.ldm.wan.model.WanModel`` (t2v) with ``comfy.ops.disable_weight_init`` layers, seeded init."""
+    wan, ops, _ = comfy or load_comfy()
+    model = wan.WanModel(model_type="t2v", patch_size=tuple(spec.patch), text_len=64, in_dim=spec.in_dim,
+                         dim=spec.dim, ffn_dim=spec.ffn, freq_dim=spec.freq_dim, text_dim=spec.text_dim,
+                         out_dim=spec.in_dim, num_heads=spec.heads, num_layers=spec.layers, window_size=(-1, -1),
+                         qk_norm=True, cross_attn_norm=True, eps=1e-6, device=device, dtype=torch.float32,
+                         operations=ops.disable_weight_init)
+    init_weights(model, seed, spec)
+    return model.to(device)
+
+
+@torch.no_grad()
+def init_weights(model, seed: int, spec: ModelSpec) -> None:
+    """DiT-style init (disable_weight_init layers come uninitialised): N(0, 0.02) linears, scaled output
+    projections, zero head, Wan's randn/sqrt(dim) modulations, unit norms."""
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def normal(t, std):
+        t.copy_(torch.randn(t.shape, generator=gen) * std)
+
+    out_std = 0.02 / math.sqrt(2 * spec.layers)
+    for name, p in sorted(model.named_parameters()):
+        if name.endswith("modulation"):
+            normal(p, spec.dim ** -0.5)
+        elif name.endswith(".bias"):
+            p.zero_()
+        elif "norm" in name.split(".")[-2] and name.endswith("weight"):
+            p.fill_(1.0)
+        elif name.startswith("head.head"):
+            p.zero_()
+        elif name.endswith(("self_attn.o.weight", "cross_attn.o.weight", "ffn.2.weight")):
+            normal(p, out_std)
+        elif name == "patch_embedding.weight":
+            fan_in = p[0].numel()
+            normal(p, 1.0 / math.sqrt(fan_in))
+        else:
+            normal(p, 0.02)
+
+
+def param_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_checkpoint(model, spec: ModelSpec, path: str, extra: dict | None = None) -> int:
+    """fp16 safetensors of the WanModel state dict (ComfyUI's key layout); returns the file size in bytes."""
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
+    meta = {"model_spec": json.dumps(spec.to_dict()), "format": "moga-quality-wan"}
+    for k, v in (extra or {}).items():
+        meta[k] = json.dumps(v)
+    save_file(sd, path, metadata=meta)
+    return os.path.getsize(path)
+
+
+def load_checkpoint(path: str, device, comfy=None):
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    d = json.loads(meta["model_spec"])
+    d["patch"] = tuple(d["patch"])
+    spec = ModelSpec(**d)
+    model = build_model(spec, 0, device, comfy)
+    model.load_state_dict({k: v.float() for k, v in sd.items()})
+    return model, spec, {k: json.loads(v) for k, v in meta.items() if k != "model_spec"}
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (warm-up decay (1+t)/(10+t))."""
+
+    def __init__(self, model, decay: float = 0.999):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in model.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].lerp_(v.detach(), 1 - d)
+
+    @torch.no_grad()
+    def copy_to(self, model) -> None:
+        sd = model.state_dict()
+        for k, v in self.shadow.items():
+            sd[k].copy_(v)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# attention routing
+
+
+@dataclass
+class AttentionMode:
+    """What a block's self-attention does.
+
+    kind: ``dense`` | ``moga`` (routers) | ``random`` (fixed random balanced groups) | ``local`` (window + frame keys
+    only) | ``svg2`` (per-head online k-means of q and k, top-p key clusters).
+    """
+
+    kind: str = "dense"
+    cfg: MogaConfig | None = None
+    routers: list | None = None  # one moga_core.Router per block
+    seed: int = 0
+    svg2_q_clusters: int = 32
+    svg2_k_clusters: int = 128
+    svg2_top_p: float = 0.9
+    svg2_iters: int = 3
+
+
+class AttentionController:
+    """Hooks a WanModel's blocks; ``options()`` is the transformer_options that routes its attention calls."""
+
+    def __init__(self, model):
+        self.model = model
+        self.mode = AttentionMode()
+        self.layout: VideoLayout | None = None
+        self.caption_tokens = 3
+        self.compare = False  # record per-block relative error vs dense attention on the same q, k, v
+        self.capture: dict | None = None  # block -> list of dict(x, q, k, v)
+        self.aux_alpha = 0.0  # > 0: collect the group-balancing loss of every routed block (training)
+        self.aux: list = []
+        self.rel_err: dict[int, list] = {}
+        self.density: dict[int, list] = {}
+        self.coverage: dict[int, list] = {}
+        self._svg2_state: dict = {}
+        self._random_groups: dict = {}
+        self._pending = None
+        self._handles = []
+        for i, block in enumerate(model.blocks):
+            self._handles.append(block.self_attn.register_forward_pre_hook(self._make_pre_hook("self", i)))
+            self._handles.append(block.cross_attn.register_forward_pre_hook(self._make_pre_hook("cross", i)))
+
+    def _make_pre_hook(self, kind, index):
+        def hook(module, args):
+            self._pending = (kind, index, args[0] if kind == "self" else None)
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def options(self) -> dict:
+        return {"optimized_attention_override": self._override}
+
+    def set(self, mode: AttentionMode | None = None, layout: VideoLayout | None = None) -> None:
+        if mode is not None:
+            self.mode = mode
+            self._svg2_state = {}
+        if layout is not None:
+            self.layout = layout
+
+    def reset_records(self) -> None:
+        self.rel_err, self.density, self.coverage, self.aux = {}, {}, {}, []
+
+    def new_sample(self) -> None:
+        """Forget per-sampling state (SVG2's warm-started centroids)."""
+        self._svg2_state = {}
+
+    # -- the override ------------------------------------------------------------------------------------------
+
+    def _override(self, func, q, k, v, heads, **kwargs):
+        pending, self._pending = self._pending, None
+        if pending is None or kwargs.get("mask") is not None or kwargs.get("skip_reshape"):
+            return func(q, k, v, heads, **kwargs)
+        kind, index, x = pending
+        if kind == "cross":
+            return self._cross(q, k, v, heads)
+        return self._self(index, x, q, k, v, heads)
+
+    def _cross(self, q, k, v, heads):
+        b, n, hd = q.shape
+        d = hd // heads
+        qh = q.view(b, n, heads, d).transpose(1, 2)
+        kh = k.view(b, -1, heads, d).transpose(1, 2).to(qh.dtype)
+        vh = v.view(b, -1, heads, d).transpose(1, 2).to(qh.dtype)
+        layout = self.layout
+        lc = self.caption_tokens
+        if layout is None or kh.shape[2] != lc * len(layout.shots) or n != layout.num_video_tokens:
+            out = F.scaled_dot_product_attention(qh, kh, vh)
+        else:
+            hw = layout.tokens_per_frame
+            parts = []
+            for s, (a, e) in enumerate(layout.shot_ranges()):
+                parts.append(F.scaled_dot_product_attention(qh[:, :, a * hw:e * hw], kh[:, :, s * lc:(s + 1) * lc],
+                                                            vh[:, :, s * lc:(s + 1) * lc]))
+            out = torch.cat(parts, dim=2)
+        return out.transpose(1, 2).reshape(b, n, hd)
+
+    def _self(self, index, x, q, k, v, heads):
+        b, n, hd = q.shape
+        d = hd // heads
+        dtype = v.dtype
+        q4, k4, v4 = (t.reshape(b, n, heads, d).to(dtype) for t in (q, k, v))
+        if self.capture is not None:
+            self.capture.setdefault(index, []).append(
+                {"x": x.detach().float(), "q": q4.detach(), "k": k4.detach(), "v": v4.detach(), "layout": self.layout})
+        mode = self.mode
+        dense = None
+        if mode.kind == "dense" or self.compare:
+            dense = F.scaled_dot_product_attention(q4.transpose(1, 2), k4.transpose(1, 2),
+                                                   v4.transpose(1, 2)).transpose(1, 2)
+        if mode.kind == "dense":
+            out, density, coverage = dense, 1.0, 1.0
+        elif mode.kind == "svg2":
+            out, density = svg2_attention(q4, k4, v4, self._svg2_state, index, mode)
+            coverage = density
+        else:
+            out, density, groups, cfg = self._moga(index, x, q4, k4, v4)
+            coverage = None
+            if self.compare:  # the attended fraction on a fixed subset of sample 0's queries
+                nv = self.layout.num_video_tokens
+                qidx = torch.arange(0, nv, max(1, nv // 256), device=groups.device)
+                coverage = attended_fraction(self.layout, cfg, groups[0], qidx)
+        if self.compare:
+            err = (out.detach().float() - dense.float()).norm() / dense.float().norm().clamp_min(1e-12)
+            self.rel_err.setdefault(index, []).append(float(err))
+            self.coverage.setdefault(index, []).append(float(coverage))
+        self.density.setdefault(index, []).append(float(density))
+        return out.reshape(b, n, hd)
+
+    def _moga(self, index, x, q4, k4, v4):
+        mode, layout = self.mode, self.layout
+        if layout is None:
+            raise RuntimeError("MoGA attention needs the controller's layout (set(layout=...))")
+        b = q4.shape[0]
+        nv = layout.num_video_tokens
+        cfg, gate = mode.cfg, None
+        if mode.kind == "local":
+            cfg = MogaConfig(num_groups=nv, window=cfg.window, temporal_group=cfg.temporal_group,
+                             neighbor_frames=cfg.neighbor_frames, frame_branch=cfg.frame_branch, combine="union",
+                             backend=cfg.backend)
+            groups = torch.arange(nv, device=q4.device).expand(b, nv)
+        elif mode.kind == "random":
+            key = (index, nv, cfg.num_groups)
+            if key not in self._random_groups:
+                gen = torch.Generator().manual_seed(mode.seed * 1000 + index)
+                perm = torch.randperm(nv, generator=gen)
+                g = torch.empty(nv, dtype=torch.int64)
+                g[perm] = torch.arange(nv) % cfg.num_groups
+                self._random_groups[key] = g.to(q4.device)
+            groups = self._random_groups[key].expand(b, nv)
+        elif mode.kind == "moga":
+            router = mode.routers[index]
+            xv = x[:, layout.prefix:layout.prefix + nv]
+            groups, gate, probs, _ = router.route(xv, balanced=cfg.balanced)
+            if self.aux_alpha > 0 and torch.is_grad_enabled():
+                self.aux.append(balance_loss(probs, groups, alpha=self.aux_alpha))
+        else:
+            raise ValueError(f"unknown attention mode {mode.kind!r}")
+        stats: dict = {}
+        out = moga_attention(q4, k4, v4, layout, cfg, groups=groups,
+                             gate=gate if cfg.combine == "mean" else None, stats=stats)
+        return out, stats["density"], groups, cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the SVG2-style baseline
+
+
+def _kmeans_step(points, centroids):
+    """One Lloyd step on (G, N, D) points with (G, C, D) centroids -> (labels (G, N), new centroids)."""
+    dist = (points.pow(2).sum(-1, keepdim=True) - 2 * points @ centroids.transpose(1, 2)
+            + centroids.pow(2).sum(-1)[:, None, :])
+    labels = dist.argmin(-1)
+    g, c, d = centroids.shape
+    sums = torch.zeros(g, c, d, device=points.device, dtype=points.dtype).scatter_add_(
+        1, labels[..., None].expand(-1, -1, d), points)
+    counts = torch.zeros(g, c, device=points.device, dtype=points.dtype).scatter_add_(
+        1, labels, torch.ones_like(labels, dtype=points.dtype))
+    new = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centroids)
+    return labels, new, counts
+
+
+@torch.no_grad()
+def svg2_attention(q, k, v, state: dict, index: int, mode: AttentionMode):
+    """SVG2-style semantic-aware sparse attention, simply (correctness over speed).
+
+    Per (sample, head): k-means of the queries into ``svg2_q_clusters`` and of the keys into ``svg2_k_clusters``
+    (``svg2_iters`` Lloyd steps, warm-started from the previous call's centroids, as SVG2 does across denoising
+    steps); each query cluster attends to the smallest set of key clusters whose estimated attention mass
+    (softmax over centroid scores + log cluster size) reaches ``svg2_top_p``. Runs as masked dense attention.
+    Returns (out (B, N, H, D), density = scores computed / N²).
+    """
+    b, n, h, d = q.shape
+    scale = d ** -0.5
+    qf = q.float().permute(0, 2, 1, 3).reshape(b * h, n, d)
+    kf = k.float().permute(0, 2, 1, 3).reshape(b * h, n, d)
+    nq, nk = min(mode.svg2_q_clusters, n), min(mode.svg2_k_clusters, n)
+
+    def init(points, count, salt):
+        gen = torch.Generator().manual_seed(mode.seed * 7 + salt)
+        idx = torch.stack([torch.randperm(n, generator=gen)[:count] for _ in range(points.shape[0])])
+        return points.gather(1, idx.to(points.device)[..., None].expand(-1, -1, d)).clone()
+
+    cq = state.get((index, "q"))
+    ck = state.get((index, "k"))
+    if cq is None or cq.shape != (b * h, nq, d):
+        cq, ck = init(qf, nq, 2 * index), init(kf, nk, 2 * index + 1)
+    for _ in range(max(1, mode.svg2_iters)):
+        q_lab, cq, _ = _kmeans_step(qf, cq)
+        k_lab, ck, k_cnt = _kmeans_step(kf, ck)
+    q_lab, _, q_cnt = _kmeans_step(qf, cq)
+    k_lab, _, k_cnt = _kmeans_step(kf, ck)
+    state[(index, "q")], state[(index, "k")] = cq, ck
+
+    logits = (cq @ ck.transpose(1, 2)) * scale + torch.log(k_cnt.clamp_min(1e-30))[:, None, :]
+    logits = logits.masked_fill(k_cnt[:, None, :] == 0, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)  # (G, Cq, Ck)
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    keep_sorted = (sorted_p.cumsum(-1) - sorted_p) < mode.svg2_top_p  # the cluster crossing p is kept
+    keep_sorted[..., 0] = True
+    sel = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)  # (G, Cq, Ck)
+    pairs = (q_cnt[:, :, None] * k_cnt[:, None, :] * sel).sum()
+
+    out = torch.empty_like(q)
+    q_lab = q_lab.view(b, h, n)
+    k_lab = k_lab.view(b, h, n)
+    sel = sel.view(b, h, nq, nk)
+    for i in range(b):
+        rows = sel[i].gather(1, q_lab[i][..., None].expand(h, n, nk))  # (H, N, Ck)
+        mask = rows.gather(2, k_lab[i][:, None, :].expand(h, n, n))  # (H, N, N)
+        o = F.scaled_dot_product_attention(q[i].transpose(0, 1)[None], k[i].transpose(0, 1)[None],
+                                           v[i].transpose(0, 1)[None], attn_mask=mask[None], scale=scale)
+        out[i] = o[0].transpose(0, 1)
+    return out, float(pairs) / float(b * h * n * n)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# rectified flow
+
+
+def layout_for(spec_task, shots, patch=(1, 2, 2)) -> VideoLayout:
+    return VideoLayout(grid=(spec_task.frames // patch[0], spec_task.height // patch[1], spec_task.width // patch[2]),
+                       shots=tuple(shots))
+
+
+def shift_t(t: torch.Tensor, shift: float) -> torch.Tensor:
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def predict(model, ctrl, xt, t, context, autocast: bool):
+    """Velocity prediction (float32). ``t`` (B,) in [0, 1]; Wan's timestep is t·1000."""
+    with torch.autocast(xt.device.type, dtype=torch.bfloat16, enabled=autocast):
+        out = model(xt, t * 1000.0, context, transformer_options=ctrl.options())
+    return out.float()
+
+
+def flow_loss(model, ctrl, x0, context, t, noise, autocast: bool):
+    tt = t.view(-1, 1, 1, 1, 1)
+    xt = (1 - tt) * x0 + tt * noise
+    pred = predict(model, ctrl, xt, t, context, autocast)
+    return F.mse_loss(pred, noise - x0)
+
+
+@dataclass
+class TrainConfig:
+    seconds: float = 240.0  # wall-clock budget (the step count is fixed after timing the first steps)
+    steps: int | None = None  # exact step count instead of the time budget (reproduction)
+    max_steps: int = 100000
+    batch: int = 8
+    lr: float = 1e-3
+    router_lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    shift: float = 2.0
+    ema: float = 0.999
+    alpha: float = 0.0  # group-balancing loss weight (MoGA fine-tune)
+    seed: int = 0
+    layout_pool: int = 32
+    log_every: int = 100
+
+
+@dataclass
+class TrainReport:
+    steps: int = 0
+    seconds: float = 0.0
+    loss_first: float = float("nan")
+    loss_last: float = float("nan")
+    aux_last: float = float("nan")
+    step_ms: float = float("nan")
+    log: list = field(default_factory=list)
+
+
+def train(model, ctrl, task, tc: TrainConfig, device, autocast: bool, routers=None, log=print,
+          seed_offset: int = 0) -> TrainReport:
+    """Rectified-flow training: x_t = (1-t)·x0 + t·ε, target ε − x0, t = shift(sigmoid(N(0,1))).
+
+    With ``routers`` (a ModuleList) the routers train too (their own learning rate) and, with ``tc.alpha > 0``,
+    the mean group-balancing loss of the routed blocks is added. The model ends holding its EMA weights.
+    """
+    gen = torch.Generator().manual_seed(tc.seed + 1)
+    dgen = torch.Generator(device=device).manual_seed(tc.seed + 2)
+    pool = [task.shots(tc.seed * 100003 + seed_offset + i) for i in range(tc.layout_pool)]
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": tc.weight_decay, "lr": tc.lr},
+              {"params": no_decay, "weight_decay": 0.0, "lr": tc.lr}]
+    if routers is not None:
+        groups.append({"params": list(routers.parameters()), "weight_decay": 0.0, "lr": tc.router_lr})
+        params = params + list(routers.parameters())
+    opt = torch.optim.AdamW(groups, betas=(0.9, 0.99), eps=1e-8)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    ema = EMA(model, tc.ema)
+    ema_routers = EMA(routers, tc.ema) if routers is not None else None
+    report = TrainReport()
+    total = tc.steps if tc.steps is not None else tc.max_steps
+    timed_from, timed_steps = None, 10
+    start = time.perf_counter()
+    ctrl.aux_alpha = tc.alpha
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    aux_sum = torch.zeros((), device=device)
+    since_log = 0
+    step = 0
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    while step < total:
+        shots = pool[int(torch.randint(len(pool), (1,), generator=gen))]
+        batch = task.batch(tc.seed * 7_000_003 + seed_offset + step, tc.batch, shots)
+        ctrl.set(layout=layout_for(task.spec, batch.shots))
+        ctrl.aux = []
+        t = shift_t(torch.sigmoid(torch.randn(tc.batch, generator=dgen, device=device)), tc.shift)
+        noise = torch.randn(batch.latents.shape, generator=dgen, device=device)
+        loss = flow_loss(model, ctrl, batch.latents, batch.context, t, noise, autocast)
+        aux = torch.stack(ctrl.aux).mean() if ctrl.aux else None
+        total_loss = loss + aux if aux is not None else loss
+        opt.zero_grad(set_to_none=True)
+        total_loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        scale = _cosine(step, total, min(tc.warmup, max(1, total // 10)))
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * scale
+        opt.step()
+        ema.update(model)
+        if ema_routers is not None:
+            ema_routers.update(routers)
+        loss_sum += loss.detach()
+        if aux is not None:
+            aux_sum += aux.detach()
+        since_log += 1
+        if step == 0:
+            report.loss_first = float(loss.detach())
+        step += 1
+        if tc.steps is None:
+            if step == 3:
+                sync()
+                timed_from = (step, time.perf_counter() - start)  # after warm-up (allocator, kernels)
+            elif timed_from is not None and step == timed_from[0] + timed_steps:
+                sync()
+                elapsed = time.perf_counter() - start
+                per = (elapsed - timed_from[1]) / timed_steps
+                total = int(max(step + 1, min(tc.max_steps, (tc.seconds - elapsed) / per + step)))
+                report.step_ms = per * 1000
+                log(f"  {per * 1000:.1f} ms/step -> {total} steps in the {tc.seconds:.0f} s budget")
+        if step % tc.log_every == 0 or step == total:
+            mean_loss = float(loss_sum) / since_log
+            mean_aux = float(aux_sum) / since_log if aux is not None else None
+            loss_sum.zero_()
+            aux_sum.zero_()
+            since_log = 0
+            elapsed = time.perf_counter() - start
+            log(f"  step {step}/{total} loss {mean_loss:.4f}" + (f" aux {mean_aux:.4f}" if mean_aux is not None else "")
+                + f"  ({elapsed:.0f} s)")
+            report.log.append({"step": step, "loss": mean_loss, "aux": mean_aux, "seconds": round(elapsed, 1)})
+            report.loss_last = mean_loss
+            if mean_aux is not None:
+                report.aux_last = mean_aux
+            if tc.steps is None and elapsed > 1.15 * tc.seconds:
+                log(f"  stopping at step {step}: over the time budget")
+                break
+    if since_log:
+        report.loss_last = float(loss_sum) / since_log
+    sync()
+    ctrl.aux_alpha = 0.0
+    ctrl.aux = []
+    ema.copy_to(model)
+    if ema_routers is not None:
+        ema_routers.copy_to(routers)
+    model.eval()
+    report.steps = step
+    report.seconds = time.perf_counter() - start
+    if report.step_ms != report.step_ms:  # nan: fixed step count
+        report.step_ms = report.seconds / max(1, step) * 1000
+    return report
+
+
+def _cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * p))
+# ---------------------------------------------------------------------------------------------------------------
+# sampling, capture, routers
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def sample(model, ctrl, context, noise, steps: int, shift: float, autocast: bool, step_times: list | None = None):
+    """Euler sampling of the rectified flow from t = 1 (``noise``) to 0; ``step_times`` receives seconds/step."""
+    device = noise.device
+    ctrl.new_sample()
+    x = noise.clone()
+    ts = shift_t(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).tolist()
+    for i in range(steps):
+        t = torch.full((x.shape[0],), ts[i], device=device, dtype=torch.float32)
+        if step_times is not None:
+            _sync(device)
+            t0 = time.perf_counter()
+        v = predict(model, ctrl, x, t, context, autocast)
+        x = x + (ts[i + 1] - ts[i]) * v
+        if step_times is not None:
+            _sync(device)
+            step_times.append(time.perf_counter() - t0)
+    return x
+
+
+def noisy(x0, t: float, seed: int):
+    gen = torch.Generator(device=x0.device).manual_seed(int(seed))
+    noise = torch.randn(x0.shape, generator=gen, device=x0.device)
+    return (1 - t) * x0 + t * noise, noise
+
+
+@torch.no_grad()
+def capture(model, ctrl, task, batches, ts, autocast: bool, seed: int = 0) -> dict[int, list[dict]]:
+    """Dense forwards of ``batches`` at noise levels ``ts``; per block the list of {x, q, k, v, layout}."""
+    ctrl.set(AttentionMode("dense"))
+    ctrl.capture = {}
+    try:
+        for bi, batch in enumerate(batches):
+            ctrl.set(layout=layout_for(task.spec, batch.shots))
+            for ti, t in enumerate(ts):
+                xt, _ = noisy(batch.latents, t, seed * 1000 + bi * 10 + ti)
+                tt = torch.full((xt.shape[0],), float(t), device=xt.device)
+                predict(model, ctrl, xt, tt, batch.context, autocast)
+        return ctrl.capture
+    finally:
+        ctrl.capture = None
+
+
+def fit_routers(captured: dict[int, list[dict]], num_groups: int, seed: int = 0) -> list[Router]:
+    """k-means calibration (moga_core.Router.fit) on every block's router inputs."""
+    routers = []
+    for i in sorted(captured):
+        x = torch.cat([s["x"].reshape(-1, s["x"].shape[-1]) for s in captured[i]])
+        routers.append(Router.fit(x, num_groups, seed=seed + i))
+    return routers
+
+
+@torch.no_grad()
+def soften_router(router: Router, x: torch.Tensor, target_gate: float = 0.7) -> Router:
+    """Same argmax, softer softmax: divide weight and bias by τ so that the mean winning probability on ``x`` is
+    about ``target_gate`` (a k-means router's logits are huge; its gate is ≈ 1 and passes almost no gradient)."""
+    logits = router.logits(x.reshape(-1, x.shape[-1]))
+    lo, hi = 1e-3, 1e6
+    for _ in range(60):
+        tau = math.sqrt(lo * hi)
+        gate = torch.softmax(logits / tau, -1).max(-1).values.mean()
+        if gate > target_gate:
+            lo = tau
+        else:
+            hi = tau
+    tau = math.sqrt(lo * hi)
+    return Router.from_weights(router.weight / tau, router.bias / tau if router.bias is not None else None)
+
+
+def clone_routers(routers, device) -> torch.nn.ModuleList:
+    return torch.nn.ModuleList([Router.from_weights(r.weight.detach().clone(), None if r.bias is None
+                                                    else r.bias.detach().clone()) for r in routers]).to(device)
+
+
+def copy_model(model, spec: ModelSpec, device, comfy=None):
+    """A fresh WanModel with ``model``'s weights (deepcopy would also copy the controller's hooks)."""
+    new = build_model(spec, 0, device, comfy)
+    new.load_state_dict(model.state_dict())
+    return new
