@@ -326,6 +326,7 @@ class MoGALongVideoSampler(io.ComfyNode):
         guider = MogaLongVideoGuider(model, shots, ffn_chunk_tokens, context_frames, context_overlap)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
+        probe = _group_map_probe(guider.model_patcher, shots)
         noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
         sigmas = comfy.samplers.calculate_sigmas(guider.model_patcher.get_model_object("model_sampling"), scheduler,
                                                  steps)
@@ -342,4 +343,19 @@ class MoGALongVideoSampler(io.ComfyNode):
         result.pop("downscale_ratio_spacial", None)
         result["samples"] = out
         log.info("MoGA long video: %s", clock.texts[-1] if clock.texts else "no steps")
-        return io.NodeOutput(result)
+        ui = {"moga_group_map": [probe.snapshot]} if probe is not None and probe.snapshot else None
+        return io.NodeOutput(result, ui=ui)
+
+
+def _group_map_probe(model, plan: ShotPlan | None):
+    """For a MoGA-patched model: record the routing of a middle block for the web group-map view."""
+    from .patcher import GROUP_MAP, GroupMapProbe, patch_of
+
+    patch = patch_of(model)
+    if patch is None or patch.routers is None:
+        return None
+    routed = sorted(patch.routers.routers)
+    frame = plan.latent_starts[1] if plan is not None and plan.num_shots > 1 else None
+    probe = GroupMapProbe(routed[len(routed) // 2], frame)
+    model.model_options.setdefault("transformer_options", {})[GROUP_MAP] = probe
+    return probe

@@ -38,6 +38,7 @@ from .shots import LAYOUT_SHOTS, ShotPlan, frame_shots, text_keep_table
 KEY = "moga"
 OVERRIDE = "optimized_attention_override"
 STASH = "moga_route"  # per block call: the routing the block's self-attention consumes
+GROUP_MAP = "moga_group_map"  # a GroupMapProbe asking for one latent frame's routing (the web view draws it)
 FORWARD = "moga_forward"  # per forward: facts the wrapper read
 
 log = logging.getLogger("moga")
@@ -95,6 +96,33 @@ class Route:
     groups: torch.Tensor  # (B, Nv) int64
     gate: torch.Tensor  # (B, Nv)
     info: ForwardInfo
+
+
+class GroupMapProbe:
+    """Asks the patch for the router's groups of one latent frame in one block (of the cond pass), every step.
+
+    Put in a clone's transformer_options under GROUP_MAP; shared by reference, so the per-call copies reach it.
+    """
+
+    def __init__(self, block: int, frame: int | None = None):
+        self.block, self.frame = block, frame
+        self.snapshot: dict | None = None
+        self.steps = 0
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def record(self, groups: torch.Tensor, layout: VideoLayout, to: dict, num_groups: int) -> None:
+        rows = to.get("cond_or_uncond") or [0]
+        if 0 not in rows:
+            return
+        t_len, h, w = layout.grid
+        frame = min(self.frame if self.frame is not None else t_len // 2, t_len - 1)
+        per_row = groups.shape[0] // max(len(rows), 1)
+        sample = groups[rows.index(0) * per_row].reshape(t_len, h, w)[frame]
+        self.steps += 1
+        self.snapshot = {"frame": frame, "block": self.block, "step": self.steps, "height": h, "width": w,
+                         "num_groups": num_groups, "groups": sample.flatten().tolist()}
 
 
 @dataclass
@@ -259,6 +287,9 @@ class MogaPatch:
         with torch.no_grad():
             x_mod = self.adapter.router_input(key, args, span)
             groups, gate = self.router(key.index, x_mod.device)(x_mod, balanced=self.cfg.balanced)
+        probe = to.get(GROUP_MAP)
+        if probe is not None and probe.block == key.index:
+            probe.record(groups, layout, to, self.cfg.num_groups)
         return Route(self, key, layout, groups, gate.to(x_mod.dtype), info)
 
     # ---- attention override

@@ -250,9 +250,14 @@ def test_three_shot_run_through_long_video_sampler_and_ksampler(moga):
 
     latent_preview.prepare_callback = counting
     try:
-        out = sampler.execute(model=patched, positive=pos, negative=neg, shots=plan, **SAMPLER_ARGS).args[0]
+        result = sampler.execute(model=patched, positive=pos, negative=neg, shots=plan, **SAMPLER_ARGS)
+        out = result.args[0]
     finally:
         latent_preview.prepare_callback = original
+    # the group map of one latent frame (first frame of shot 2) for the web view
+    group_map = result.ui["moga_group_map"][0]
+    assert (group_map["frame"], group_map["height"], group_map["width"], group_map["num_groups"]) == (3, 4, 4, 3)
+    assert len(group_map["groups"]) == 16 and set(group_map["groups"]) <= {0, 1, 2} and group_map["step"] == 3
     samples = out["samples"]
     assert samples.shape == (1, 16, 7, 8, 8) and torch.isfinite(samples).all()
     assert steps_seen == [0, 1, 2]
