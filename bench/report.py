@@ -48,9 +48,18 @@ def attention_table(points) -> list[str]:
                 r["variant"], backend, r["ms"], r["tflops"], r["density"],
                 f"{r['speedup']:.2f}x" if "speedup" in r else "1.00x (baseline)" if r["variant"].startswith("dense")
                 else "", fmt(r.get("err_vs_dense"), ".3f"),
-                fmt(r.get("check"), ".1e") if r.get("check") is not None else ("—" if "speedup" in r else ""),
+                _check_cell(r, p["heads"]),
                 fmt(r.get("peak_gib"), ".1f")))
     return lines
+
+
+def _check_cell(row, heads) -> str:
+    if row.get("check") is None:
+        return "—" if "speedup" in row else ""
+    cell = format(row["check"], ".1e")
+    if row.get("check_heads", heads) < heads:
+        cell += f" (head 1 of {heads})"
+    return cell
 
 
 def target_lines(points) -> list[str]:

@@ -137,9 +137,14 @@ def run_bench(tokens: int = 32760, heads: int = 12, head_dim: int = 128, groups:
         # would be apples to oranges; we report against dense attention, which is what the model was trained on)
         row["err_vs_dense"] = float((out.float() - dense_out.float()).norm() / dense_out.float().norm())
         if check:
-            simple = moga_attention(q.float(), k.float(), v.float(), layout, replace(cfg, backend="loop"), g,
-                                    gate if combine == "mean" else None)
-            row["check"] = float((out.float() - simple).abs().max() / simple.abs().max())
+            # the float32 per-segment loop on the same groups; above 200k tokens on one head (a slice: every head is
+            # computed independently by the same code, and all heads would take the loop minutes)
+            heads_checked = heads if layout.num_tokens <= 200_000 else 1
+            sl = slice(0, heads_checked)
+            simple = moga_attention(q[:, :, sl].float(), k[:, :, sl].float(), v[:, :, sl].float(), layout,
+                                    replace(cfg, backend="loop"), g, gate if combine == "mean" else None)
+            row["check"] = float((out[:, :, sl].float() - simple).abs().max() / simple.abs().max())
+            row["check_heads"] = heads_checked
             del simple
         rows.append(row)
         del out
