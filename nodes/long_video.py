@@ -228,6 +228,21 @@ class MogaLongVideoGuider(comfy.samplers.CFGGuider):
                               disable_pbar=disable_pbar, seed=seed)
 
 
+def _model_inputs():
+    return [
+        io.Model.Input("model", tooltip="The (MoGA-patched) video model."),
+        io.Conditioning.Input("positive", tooltip="From MoGA Multi-Shot Prompt or a text encode."),
+        io.Conditioning.Input("negative", tooltip="The negative prompt (global)."),
+    ]
+
+
+def make_guider(model, positive, negative, cfg, shots, ffn_chunk_tokens, context_frames, context_overlap):
+    guider = MogaLongVideoGuider(model, shots, ffn_chunk_tokens, context_frames, context_overlap)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    return guider
+
+
 def _memory_inputs():
     return [
         io.Int.Input("ffn_chunk_tokens", default=0, min=-1, max=1 << 24, advanced=True,
@@ -252,9 +267,7 @@ class MoGALongVideoGuider(io.ComfyNode):
             description="The long-video sampler's guider (CFG, chunked memory, shot plan, optional cut-aligned "
                         "windows) for SamplerCustomAdvanced.",
             inputs=[
-                io.Model.Input("model", tooltip="The (MoGA-patched) video model."),
-                io.Conditioning.Input("positive", tooltip="From MoGA Multi-Shot Prompt or a text encode."),
-                io.Conditioning.Input("negative", tooltip="The negative prompt (global)."),
+                *_model_inputs(),
                 io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, tooltip="Classifier-free guidance."),
                 MogaShots.Input("shots", optional=True, tooltip="The shot plan from MoGA Multi-Shot Prompt."),
                 *_memory_inputs(),
@@ -265,10 +278,8 @@ class MoGALongVideoGuider(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, cfg, ffn_chunk_tokens, context_frames, context_overlap,
                 shots=None) -> io.NodeOutput:
-        guider = MogaLongVideoGuider(model, shots, ffn_chunk_tokens, context_frames, context_overlap)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(cfg)
-        return io.NodeOutput(guider)
+        return io.NodeOutput(make_guider(model, positive, negative, cfg, shots, ffn_chunk_tokens, context_frames,
+                                         context_overlap))
 
 
 class MoGALongVideoSampler(io.ComfyNode):
@@ -281,9 +292,7 @@ class MoGALongVideoSampler(io.ComfyNode):
             description="Samples a long multi-shot video latent end to end: the shot plan sets the length and the "
                         "cuts; memory is chunked so long sequences fit; progress shows time per step and ETA.",
             inputs=[
-                io.Model.Input("model", tooltip="The (MoGA-patched) video model."),
-                io.Conditioning.Input("positive", tooltip="From MoGA Multi-Shot Prompt or a text encode."),
-                io.Conditioning.Input("negative", tooltip="The negative prompt (global)."),
+                *_model_inputs(),
                 MogaShots.Input("shots", optional=True,
                                 tooltip="The shot plan: sets the length (overrides 'length') and the cut positions."),
                 io.Latent.Input("latent", optional=True,
@@ -323,9 +332,8 @@ class MoGALongVideoSampler(io.ComfyNode):
             frames = shots.num_frames if shots is not None else length
             latent = empty_latent(model, width, height, frames)
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-        guider = MogaLongVideoGuider(model, shots, ffn_chunk_tokens, context_frames, context_overlap)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(cfg)
+        guider = make_guider(model, positive, negative, cfg, shots, ffn_chunk_tokens, context_frames,
+                             context_overlap)
         probe = _group_map_probe(guider.model_patcher, shots)
         noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
         sigmas = comfy.samplers.calculate_sigmas(guider.model_patcher.get_model_object("model_sampling"), scheduler,
