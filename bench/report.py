@@ -99,7 +99,7 @@ def e2e_table(rows) -> list[str]:
 
 
 def main():
-    attention = load("*_attention.json")
+    attention = load("*_attention.json") + load("*_bench75600.json")
     e2e = load("*_e2e*.json")
     notes_path = os.path.join(ROOT, "bench", "NOTES.md")
     out = [

@@ -31,9 +31,10 @@ def info() -> int:
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
     print(f"auto picks on {device.type}/{str(dtype).replace('torch.', '')}: "
-          f"{choose_backend('auto', device, dtype, False, False, 8192, 8)} for few long unequal segments "
-          f"(router groups), {choose_backend('auto', device, dtype, False, False, 300, 2000)} for many short ones "
-          f"(windows, intersections), {choose_backend('auto', device, dtype, True, False)} for equal-size ones")
+          f"{choose_backend('auto', device, dtype, False, False, 8192, 8)} for router groups (sizes change every "
+          f"call), {choose_backend('auto', device, dtype, False, False, 4096, 48, stable=True)} for long static "
+          f"windows, {choose_backend('auto', device, dtype, False, False, 300, 2000, stable=True)} for many short "
+          f"ones, {choose_backend('auto', device, dtype, True, False)} for equal-size segments")
     return 0
 
 

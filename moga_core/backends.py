@@ -100,19 +100,23 @@ def cudnn_varlen_works(device: torch.device, dtype: torch.dtype) -> bool:
     return ok
 
 
-# Below this mean segment length a per-segment SDPA call is launch-bound (4·H·D·L² FLOPs take less time than the
-# ~40 µs a call costs on the host), so one varlen launch wins; above it, the dense kernel's speed wins
-# (measured on an H100: cuDNN per group 579 TFLOP/s vs torch varlen 366 at 9.4k-token groups; bench/NOTES.md).
+# The per-segment loop runs cuDNN's dense kernel (579 TFLOP/s on an H100 vs 366 for torch's varlen FA2 kernel), but
+# cuDNN builds an execution graph for every new (length, length) pair: 55-70 ms the first time a length is seen
+# (bench/probe_shapes.py, H100). So the loop is only worth it for segments whose lengths repeat from call to call —
+# the static window problems of a layout — and that are long enough that a call is not launch-bound. Router groups
+# change size at every block and step: those go to a varlen kernel (or one batched call when balanced routing
+# makes them equal). bench/NOTES.md has the measurements.
 LOOP_MIN_MEAN_SEGMENT = 2048
 LOOP_MAX_SEGMENTS = 512
 
 
 def choose_backend(requested: str, device: torch.device, dtype: torch.dtype, equal: bool, need_grad: bool,
-                   mean_segment: float = 0.0, num_segments: int = 0) -> str:
+                   mean_segment: float = 0.0, num_segments: int = 0, stable: bool = False) -> str:
     """Resolve ``auto`` (and refuse a named backend that cannot run here, with a clear message).
 
     ``auto``: equal segments → one batched SDPA call; CUDA half precision → flash-attn if installed, else one SDPA
-    (cuDNN) call per segment when segments are few and long, else torch's varlen kernel; otherwise the loop.
+    (cuDNN) call per segment when the segment lengths are ``stable`` across calls (static layout problems) and few
+    and long, else torch's varlen kernel; otherwise the loop.
     cuDNN's ragged kernel (``cudnn_varlen``) is never picked automatically: it measured 6-9× slower than the
     per-segment loop on torch 2.11 / H100.
     """
@@ -124,7 +128,7 @@ def choose_backend(requested: str, device: torch.device, dtype: torch.dtype, equ
         if cuda and half:
             if _flash_attn_varlen_func is not None:
                 return "flash_attn"
-            if mean_segment >= LOOP_MIN_MEAN_SEGMENT and num_segments <= LOOP_MAX_SEGMENTS:
+            if stable and mean_segment >= LOOP_MIN_MEAN_SEGMENT and num_segments <= LOOP_MAX_SEGMENTS:
                 return "loop"
             if _torch_varlen_attn is not None:
                 return "torch_varlen"
@@ -315,6 +319,7 @@ class SegmentedProblem:
     max_q: int
     max_k: int
     equal: bool
+    stable: bool = False  # the same segment lengths come back call after call (a static layout problem)
 
     @property
     def num_segments(self) -> int:
@@ -333,7 +338,7 @@ class SegmentedProblem:
         return 4.0 * heads * head_dim * self.pair_count()
 
 
-def make_problem(q_index, k_index, counts_q, counts_k, device) -> SegmentedProblem:
+def make_problem(q_index, k_index, counts_q, counts_k, device, stable: bool = False) -> SegmentedProblem:
     """Build a problem from per-segment counts (numpy/list/tensor); segments without queries are dropped.
 
     ``counts_k is None`` means each segment's keys are its queries. When ``k_index`` is given, its rows must be
@@ -356,7 +361,7 @@ def make_problem(q_index, k_index, counts_q, counts_k, device) -> SegmentedProbl
     cu_q = torch.from_numpy(cu_q_host.astype(np.int32)).to(device)
     cu_k = cu_q if counts_k is None else torch.from_numpy(cu_k_host.astype(np.int32)).to(device)
     return SegmentedProblem(q_index, k_index, cu_q, cu_k, cu_q_host, cu_k_host,
-                            int(kq.max(initial=0)), int(kk.max(initial=0)), equal)
+                            int(kq.max(initial=0)), int(kk.max(initial=0)), equal, stable)
 
 
 def segmented_attention(q, k, v, problem: SegmentedProblem, scale: float, need_lse: bool, backend: str = "auto"):
@@ -364,7 +369,7 @@ def segmented_attention(q, k, v, problem: SegmentedProblem, scale: float, need_l
     need_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     segments = problem.num_segments
     name = choose_backend(backend, q.device, q.dtype, problem.equal, need_grad,
-                          problem.num_queries / max(segments, 1), segments)
+                          problem.num_queries / max(segments, 1), segments, problem.stable)
     if need_lse and need_grad and name in ("flash_attn", "torch_varlen", "cudnn_varlen", "sdpa"):
         # their lse carries no gradient; the merge that consumes it would silently get wrong gradients
         name = "loop"

@@ -190,21 +190,21 @@ def _build_static_terms(layout, cfg, batch, device) -> dict[str, Term]:
         q_vid = _batch_rows(plan.w_q_order, batch, nv, 0)
         k_full = _batch_rows(plan.w_k_index, batch, n, p)
         prob = make_problem(as_t(q_full), as_t(k_full), np.tile(plan.w_q_counts, batch),
-                            np.tile(plan.w_k_counts, batch), device)
+                            np.tile(plan.w_k_counts, batch), device, stable=True)
         terms["window"] = Term(prob, as_t(q_vid))
     if cfg.frame_branch:
         hw = layout.tokens_per_frame
         counts = [hw] * (plan.num_frames * batch)
         if layout.num_global_tokens == 0:
-            prob = make_problem(None, None, counts, None, device)  # identity: frames are already contiguous
+            prob = make_problem(None, None, counts, None, device, stable=True)  # identity: frames are contiguous
             terms["frame"] = Term(prob, None)
         else:
             rel = np.arange(nv, dtype=np.int64)
-            prob = make_problem(as_t(_batch_rows(rel, batch, n, p)), None, counts, None, device)
+            prob = make_problem(as_t(_batch_rows(rel, batch, n, p)), None, counts, None, device, stable=True)
             terms["frame"] = Term(prob, as_t(_batch_rows(rel, batch, nv, 0)))
     if cfg.combine == "union" and cfg.window is not None and cfg.frame_branch:
         q_full = _batch_rows(plan.ts_order, batch, n, p)
-        prob = make_problem(as_t(q_full), None, np.tile(plan.ts_counts, batch), None, device)
+        prob = make_problem(as_t(q_full), None, np.tile(plan.ts_counts, batch), None, device, stable=True)
         terms["window&frame"] = Term(prob, as_t(_batch_rows(plan.ts_order, batch, nv, 0)), sign=-1.0)
     return terms
 

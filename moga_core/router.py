@@ -161,40 +161,41 @@ def kmeans(points: torch.Tensor, k: int, iters: int = 25, seed: int = 0, max_poi
 def balanced_assignment(logits: torch.Tensor) -> torch.Tensor:
     """Capacity-constrained top-1: every group gets ⌈N/M⌉ or ⌊N/M⌋ tokens (sizes differ by at most one).
 
-    ``logits`` (B, N, M) → groups (B, N) int64. Rounds of proposals: each unassigned token proposes to its next-best
-    group; a group accepts its highest-scoring proposers up to its remaining capacity. Only still-unassigned tokens
-    take part in later rounds. Stable sorts make it deterministic. After at most M rounds every token has a group.
+    ``logits`` (B, N, M) → groups (B, N) int64. M rounds of proposals: each unassigned token proposes to its next-best
+    group; a group accepts its highest-scoring proposers up to its remaining capacity. Every round works on all
+    tokens with fixed-size tensor ops (no boolean indexing), so nothing waits for the host: on a GPU the whole
+    assignment is a queue of kernels. Stable sorts make it deterministic. After M rounds every token has a group.
     """
     if logits.dim() != 3:
         raise ValueError(f"logits must be (B, N, M), got shape {tuple(logits.shape)}")
     b, n, m = logits.shape
     device = logits.device
     base, extra = divmod(n, m)
-    capacity = torch.full((b, m), base, dtype=torch.int64, device=device)
+    capacity = torch.full((b, m + 1), base, dtype=torch.int64, device=device)
     capacity[:, :extra] += 1  # the first `extra` groups take one more token
+    capacity[:, m] = 0  # bucket m of each sample collects the tokens already placed: it accepts nobody
     flat_logits = logits.reshape(b * n, m)
     preference = torch.argsort(flat_logits, dim=-1, descending=True, stable=True)  # (B·N, M)
+    sample = torch.arange(b, device=device).repeat_interleave(n) * (m + 1)  # bucket offset of each token
+    positions = torch.arange(b * n, device=device)
     groups = torch.full((b * n,), -1, dtype=torch.int64, device=device)
-    active = torch.arange(b * n, device=device)  # unassigned tokens, ascending
-    capacity = capacity.reshape(-1)
     for r in range(m):
-        cand = preference[active, r]
-        score = flat_logits[active, cand]
-        bucket = (active // n) * m + cand  # (sample, group)
+        cand = preference[:, r]
+        score = flat_logits.gather(1, cand[:, None])[:, 0]
+        bucket = sample + torch.where(groups < 0, cand, torch.full_like(cand, m))
         # proposals ordered by bucket, then by score (highest first); ties keep token order
         order = torch.argsort(-score, stable=True)
         order = order[torch.argsort(bucket[order], stable=True)]
         sorted_bucket = bucket[order]
-        counts = torch.bincount(sorted_bucket, minlength=b * m)
+        counts = torch.bincount(sorted_bucket, minlength=b * (m + 1))
         starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(order.numel(), device=device) - starts[sorted_bucket]
-        accept = rank < capacity[sorted_bucket]
-        taken = order[accept]
-        groups[active[taken]] = cand[taken]
-        capacity = capacity - torch.bincount(sorted_bucket[accept], minlength=b * m)
-        active = active[order[~accept]].sort().values
-        if r + 1 < m and active.numel() == 0:
-            break
+        rank = positions - starts[sorted_bucket]
+        accept = rank < capacity.view(-1)[sorted_bucket]
+        chosen = torch.where(accept, sorted_bucket % (m + 1), groups[order])
+        groups = groups.scatter(0, order, chosen)
+        taken = torch.zeros(b * (m + 1), dtype=torch.int64, device=device).scatter_add_(0, sorted_bucket,
+                                                                                         accept.long())
+        capacity = capacity - taken.view(b, m + 1)
     return groups.reshape(b, n)
 
 
