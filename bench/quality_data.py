@@ -6,7 +6,7 @@ What a video is
 ---------------
 A latent video of ``channels`` (16, as Wan's VAE) × ``frames`` latent frames × ``height`` × ``width`` latent pixels,
 cut into 3–6 shots. Every shot has a background (one of ``num_backgrounds`` textures: a base colour plus two
-sinusoidal gratings, zoomed by the shot's framing) and up to two subjects, one in the left and one in the right half
+sinusoidal gratings, zoomed by the shot's framing; a per-video tint) and up to two subjects, one in the left and one in the right half
 of the frame. A subject is a disc (radius set by the framing: wide / medium / close-up) that moves at a constant
 velocity (the motion: still, left, right, up, down). Its latent colour is::
 
@@ -94,6 +94,7 @@ class World:
     bg_base: torch.Tensor  # (Bg, C)
     bg_freq: torch.Tensor  # (Bg, 2, 2) cycles per frame (y, x) of 2 gratings
     bg_load: torch.Tensor  # (Bg, 2, C)
+    bg_phase: torch.Tensor  # (Bg, 2)
     e_subj: torch.Tensor  # (S + 1, Dt), last = none
     e_bg: torch.Tensor  # (Bg, Dt)
     e_motion: torch.Tensor  # (len(MOTIONS) + 1, Dt), last = none
@@ -123,6 +124,7 @@ def make_world(spec: TaskSpec) -> World:
         bg_freq=(1.0 + 2.0 * torch.rand(spec.num_backgrounds, 2, 2, generator=gen))
         * torch.where(torch.rand(spec.num_backgrounds, 2, 2, generator=gen) < 0.5, -1.0, 1.0),
         bg_load=0.45 * torch.randn(spec.num_backgrounds, 2, c, generator=gen),
+        bg_phase=2 * math.pi * torch.rand(spec.num_backgrounds, 2, generator=gen),
         e_subj=unit(spec.num_subjects + 1, dt),
         e_bg=unit(spec.num_backgrounds, dt),
         e_motion=unit(len(MOTIONS) + 1, dt),
@@ -146,7 +148,6 @@ class ShotPlan:
     end: int  # exclusive
     background: int
     framing: int
-    phase: tuple[float, float]  # per-shot grating phases (not captioned: local detail)
     subjects: list[SubjectInShot] = field(default_factory=list)
 
     def on_side(self, side: int) -> SubjectInShot | None:
@@ -228,8 +229,7 @@ def sample_plan(spec: TaskSpec, shots: tuple[int, ...], gen: torch.Generator) ->
         else:
             background = int(torch.randint(spec.num_backgrounds, (1,), generator=gen))
         framing = int(torch.randint(len(FRAMINGS), (1,), generator=gen))
-        phase = (2 * math.pi * rand(), 2 * math.pi * rand())
-        shot = ShotPlan(shots[k], ends[k], background, framing, phase)
+        shot = ShotPlan(shots[k], ends[k], background, framing)
         members = [c for c in range(spec.cast) if present[k][c]]
         sides = [0, 1] if rand() < 0.5 else [1, 0]
         for c, side in zip(members, sides):
@@ -281,52 +281,59 @@ def render(plans: list[VideoPlan], spec: TaskSpec, world: World, device, noise_s
     Pixel noise comes from a generator on ``device`` seeded with ``noise_seed``.
     """
     bsz = len(plans)
+    n_shots = len(plans[0].shots)
     t_len, h, w, c = spec.frames, spec.height, spec.width, spec.channels
+    # every per-(video, shot, side) parameter in a few CPU tensors, moved to the device at once
+    bg = torch.tensor([[s.background for s in p.shots] for p in plans])  # (B, S)
+    zoom = torch.tensor([[_FRAMING_ZOOM[s.framing] for s in p.shots] for p in plans])
+    radius = torch.tensor([[subject_radius(spec, s.framing) for s in p.shots] for p in plans])
+    slots = [[[s.on_side(side) for side in (0, 1)] for s in p.shots] for p in plans]
+    present = torch.tensor([[[float(x is not None) for x in sh] for sh in v] for v in slots])  # (B, S, 2)
+    subj = torch.tensor([[[x.subject if x else 0 for x in sh] for sh in v] for v in slots])
+    cast = torch.tensor([[[x.cast_index if x else 0 for x in sh] for sh in v] for v in slots])
+    center = torch.tensor([[[x.center if x else (0.0, 0.0) for x in sh] for sh in v] for v in slots])  # (B,S,2,2)
+    direction = torch.tensor([[[_MOTION_DIR[x.motion] if x else (0.0, 0.0) for x in sh] for sh in v] for v in slots])
+    identity = torch.stack([p.identity for p in plans])  # (B, cast, C)
+    tint = torch.stack([p.tint for p in plans])  # (B, Bg, C)
+    (bg, zoom, radius, present, subj, cast, center, direction, identity, tint) = (
+        t.to(device) for t in (bg, zoom, radius, present, subj, cast, center, direction, identity, tint))
+    any_side = [[any(slots[b][k][side] is not None for b in range(bsz)) for side in (0, 1)] for k in range(n_shots)]
+
     ys = torch.arange(h, device=device, dtype=torch.float32)[:, None].expand(h, w) + 0.5
     xs = torch.arange(w, device=device, dtype=torch.float32)[None, :].expand(h, w) + 0.5
     out = torch.empty(bsz, t_len, h, w, c, device=device)
     labels = torch.empty(bsz, t_len, h, w, dtype=torch.int64, device=device)
     speed = subject_speed(spec)
-    identity = torch.stack([p.identity for p in plans]).to(device)  # (B, cast, C)
-    tint = torch.stack([p.tint for p in plans]).to(device)  # (B, Bg, C)
     rows = torch.arange(bsz, device=device)
-    for k in range(len(plans[0].shots)):
-        shot0 = plans[0].shots[k]
-        n = shot0.end - shot0.start
-        bg = torch.tensor([p.shots[k].background for p in plans], device=device)
-        zoom = torch.tensor([_FRAMING_ZOOM[p.shots[k].framing] for p in plans], device=device)
-        phase = torch.tensor([p.shots[k].phase for p in plans], device=device)  # (B, 2)
-        img = (world.bg_base[bg] + tint[rows, bg])[:, None, None, :].expand(bsz, h, w, c)
-        freq = world.bg_freq[bg]  # (B, 2, 2)
-        arg = 2 * math.pi * zoom[:, None, None, None] * (freq[:, :, 0, None, None] * ys / h
-                                                         + freq[:, :, 1, None, None] * xs / w)
-        arg = arg + phase[:, :, None, None]  # (B, 2, H, W)
-        img = img + torch.einsum("bghw,bgc->bhwc", torch.sin(arg), world.bg_load[bg])
+    for k in range(n_shots):
+        start, end = plans[0].shots[k].start, plans[0].shots[k].end
+        n = end - start
+        b_k = bg[:, k]
+        img = (world.bg_base[b_k] + tint[rows, b_k])[:, None, None, :].expand(bsz, h, w, c)
+        freq = world.bg_freq[b_k]  # (B, 2, 2)
+        arg = 2 * math.pi * zoom[:, k, None, None, None] * (freq[:, :, 0, None, None] * ys / h
+                                                            + freq[:, :, 1, None, None] * xs / w)
+        arg = arg + world.bg_phase[b_k][:, :, None, None]  # (B, 2, H, W)
+        img = img + torch.einsum("bghw,bgc->bhwc", torch.sin(arg), world.bg_load[b_k])
         frames = img[:, None].expand(bsz, n, h, w, c)
-        lab = bg[:, None, None, None].expand(bsz, n, h, w)
+        lab = b_k[:, None, None, None].expand(bsz, n, h, w)
         tt = torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2.0
         for side in (0, 1):
-            subs = [p.shots[k].on_side(side) for p in plans]
-            if all(s is None for s in subs):
+            if not any_side[k][side]:
                 continue
-            present = torch.tensor([s is not None for s in subs], device=device, dtype=torch.float32)
-            subj = torch.tensor([s.subject if s else 0 for s in subs], device=device)
-            cast = torch.tensor([s.cast_index if s else 0 for s in subs], device=device)
-            center = torch.tensor([s.center if s else (0.0, 0.0) for s in subs], device=device)  # (B, 2)
-            direction = torch.tensor([_MOTION_DIR[s.motion] if s else (0.0, 0.0) for s in subs], device=device)
-            radius = torch.tensor([subject_radius(spec, p.shots[k].framing) for p in plans], device=device)
-            cy = center[:, 0, None] + direction[:, 0, None] * speed * tt  # (B, n)
-            cx = center[:, 1, None] + direction[:, 1, None] * speed * tt
+            s_id = subj[:, k, side]
+            cy = center[:, k, side, 0, None] + direction[:, k, side, 0, None] * speed * tt  # (B, n)
+            cx = center[:, k, side, 1, None] + direction[:, k, side, 1, None] * speed * tt
             dist = ((ys - cy[..., None, None]) ** 2 + (xs - cx[..., None, None]) ** 2).sqrt()  # (B, n, H, W)
-            mask = torch.sigmoid((radius[:, None, None, None] - dist) / 0.6) * present[:, None, None, None]
+            mask = torch.sigmoid((radius[:, k, None, None, None] - dist) / 0.6) * present[:, k, side, None, None, None]
             quadrant = (ys >= cy[..., None, None]).long() * 2 + (xs >= cx[..., None, None]).long()
-            parts = world.subj_parts[subj]  # (B, 4, C)
+            parts = world.subj_parts[s_id]  # (B, 4, C)
             colour = parts.gather(1, quadrant.reshape(bsz, -1, 1).expand(-1, -1, c)).view(bsz, n, h, w, c)
-            colour = colour + (world.subj_base[subj] + identity[rows, cast])[:, None, None, None, :]
+            colour = colour + (world.subj_base[s_id] + identity[rows, cast[:, k, side]])[:, None, None, None, :]
             frames = frames + mask[..., None] * (colour - frames)
-            lab = torch.where(mask > 0.5, (spec.num_backgrounds + subj)[:, None, None, None], lab)
-        out[:, shot0.start:shot0.end] = frames
-        labels[:, shot0.start:shot0.end] = lab
+            lab = torch.where(mask > 0.5, (spec.num_backgrounds + s_id)[:, None, None, None], lab)
+        out[:, start:end] = frames
+        labels[:, start:end] = lab
     dgen = torch.Generator(device=device).manual_seed(int(noise_seed))
     out = out + spec.pixel_noise * torch.randn(out.shape, generator=dgen, device=device)
     return out.permute(0, 4, 1, 2, 3).contiguous(), labels

@@ -95,6 +95,19 @@ class ModelSpec:
     def head_dim(self) -> int:
         return self.dim // self.heads
 
+    @property
+    def num_params(self) -> int:
+        """WanModel (t2v) parameter count for this spec, without building it."""
+        d, f, pp = self.dim, self.ffn, math.prod(self.patch)
+        n = self.in_dim * d * pp + d  # patch embedding
+        n += self.text_dim * d + d + d * d + d  # text embedding
+        n += self.freq_dim * d + d + d * d + d  # time embedding
+        n += d * 6 * d + 6 * d  # time projection
+        block = 2 * (4 * (d * d + d) + 2 * d) + 2 * d + (2 * d * f + f + d) + 6 * d  # self, cross, norm3, ffn, mod
+        n += self.layers * block
+        n += d * self.in_dim * pp + self.in_dim * pp + 2 * d  # head
+        return n
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -148,7 +161,7 @@ def save_checkpoint(model, spec: ModelSpec, path: str, extra: dict | None = None
     from safetensors.torch import save_file
 
     sd = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
-    meta = {"model_spec": json.dumps(spec.to_dict()), "format": "moga-quality-wan"}
+    meta = {"model_spec": json.dumps(spec.to_dict()), "format": json.dumps("moga-quality-wan")}
     for k, v in (extra or {}).items():
         meta[k] = json.dumps(v)
     save_file(sd, path, metadata=meta)
@@ -272,9 +285,12 @@ class AttentionController:
         if pending is None or kwargs.get("mask") is not None or kwargs.get("skip_reshape"):
             return func(q, k, v, heads, **kwargs)
         kind, index, x = pending
-        if kind == "cross":
-            return self._cross(q, k, v, heads)
-        return self._self(index, x, q, k, v, heads)
+        # q, k, v arrive in the autocast dtype; inside, run as ComfyUI does (no autocast): router logits and SVG2's
+        # k-means in float32 as written, attention kernels in the inputs' dtype
+        with torch.autocast(q.device.type, enabled=False):
+            if kind == "cross":
+                return self._cross(q, k, v, heads)
+            return self._self(index, x, q, k, v, heads)
 
     def _cross(self, q, k, v, heads):
         b, n, hd = q.shape
@@ -522,6 +538,7 @@ def train(model, ctrl, task, tc: TrainConfig, device, autocast: bool, routers=No
     aux_sum = torch.zeros((), device=device)
     since_log = 0
     step = 0
+    calibrated = recalibrated = False
 
     def sync():
         if device.type == "cuda":
@@ -564,6 +581,7 @@ def train(model, ctrl, task, tc: TrainConfig, device, autocast: bool, routers=No
                 per = (elapsed - timed_from[1]) / timed_steps
                 total = int(max(step + 1, min(tc.max_steps, (tc.seconds - elapsed) / per + step)))
                 report.step_ms = per * 1000
+                calibrated = True
                 log(f"  {per * 1000:.1f} ms/step -> {total} steps in the {tc.seconds:.0f} s budget")
         if step % tc.log_every == 0 or step == total:
             mean_loss = float(loss_sum) / since_log
@@ -575,6 +593,13 @@ def train(model, ctrl, task, tc: TrainConfig, device, autocast: bool, routers=No
             log(f"  step {step}/{total} loss {mean_loss:.4f}" + (f" aux {mean_aux:.4f}" if mean_aux is not None else "")
                 + f"  ({elapsed:.0f} s)")
             report.log.append({"step": step, "loss": mean_loss, "aux": mean_aux, "seconds": round(elapsed, 1)})
+            if tc.steps is None and calibrated and not recalibrated and elapsed > 0.15 * tc.seconds:
+                # re-estimate from a longer stretch (the first 10 timed steps can be off: autotuning, a busy host)
+                recalibrated = True
+                per = (elapsed - timed_from[1]) / (step - timed_from[0])
+                total = int(max(step + 1, min(tc.max_steps, (tc.seconds - elapsed) / per + step)))
+                report.step_ms = per * 1000
+                log(f"  {per * 1000:.1f} ms/step over {step - timed_from[0]} steps -> {total} steps in total")
             report.loss_last = mean_loss
             if mean_aux is not None:
                 report.aux_last = mean_aux

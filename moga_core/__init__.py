@@ -7,6 +7,7 @@ Never imports ComfyUI: diffusers users and researchers can call it on tensors.
 
 from .attention import dense_attention, moga_attention, reference_attention
 from .config import MogaConfig, VideoLayout
+from .distill import distill_routers
 from .router import Router, balance_loss, balanced_assignment, kmeans
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "balance_loss",
     "balanced_assignment",
     "kmeans",
+    "distill_routers",
 ]
 __version__ = "0.1.0"

@@ -18,8 +18,9 @@ the inner product of soft assignments ``r(x) = softmax(logits(x)/τ)`` and maxim
 
 on random query subsets, minus ``balance_weight · M · Σ_m f_m²`` with ``f_m = mean_j r_jm`` — the soft group-pair
 density, which is 1 at a uniform split and M if every token joins one group (without it the optimum is a single
-group, i.e. dense attention; ``dual_step > 0`` adapts that weight by dual ascent to hold the hard density at the
-initial router's). τ starts at the median top-1/top-2 logit gap of the initial router (a k-means router
+group, i.e. dense attention). The weight starts at ``balance_weight`` and adapts by dual ascent (``dual_step``) to hold
+the hard group density at the initial router's, so the router learns *which* tokens to group rather than trading
+accuracy for density either way. τ starts at the median top-1/top-2 logit gap of the initial router (a k-means router
 is nearly hard; a softmax at its own scale passes no gradient) and anneals to a tenth of that.
 
 Selection. Every ``eval_every`` steps the *hard* router is scored on held-out queries by the exact union-mode
@@ -147,7 +148,8 @@ def _probs(q_rows, k, scale):
 
 def distill_routers(samples: Sequence[Mapping], cfg: MogaConfig, init: Router | None = None, *, steps: int = 300,
                     lr: float = 0.1, queries: int = 256, eval_queries: int = 256, eval_every: int = 25,
-                    balance_weight: float = 0.5, dual_step: float = 0.0, max_density_increase: float = 0.05, temperature: float | None = None,
+                    balance_weight: float = 0.2, dual_step: float = 0.01, max_density_increase: float = 0.05,
+                    temperature: float | None = None,
                     anneal: float = 0.1, scale: float | None = None, seed: int = 0) -> tuple[Router, dict]:
     """Train one block's router so that union-mode MoGA matches dense attention (see the module docstring).
 

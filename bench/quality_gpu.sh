@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The quality study's GPU run (docs/QUALITY.md): trains the small WanModel, fine-tunes it MoGA-style, distills
+# routers, evaluates every mode and writes quality.json, QUALITY.md, checkpoints and quality.log to $OUT.
+# About 8 minutes on one H100.
+#
+# Needs beside the working tree (git-ignored; made here by bench/prepare_gpu_carry.sh, carried to the GPU machine):
+#   .comfy/  ComfyUI's comfy/ import chain of comfy.ldm.wan.model (COMFYUI_PATH defaults to it)
+#   .whl/    wheels of that chain's pip deps the GPU image may lack (comfy-aimdo, einops, psutil, tqdm, pillow)
+# Extra arguments go to bench/quality.py (e.g. --dense-seconds 200, --dense-steps 4000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-quality_out}"
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/moga-site \
+    .whl/*.whl
+  export PYTHONPATH="/tmp/moga-site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export COMFYUI_PATH="${COMFYUI_PATH:-$PWD/.comfy}"
+export PYTHONUNBUFFERED=1
+python3 -c "import torch; print('torch', torch.__version__, '| cuda', torch.cuda.is_available(), '|',
+torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
+exec python3 bench/quality.py --device cuda --all --out "$OUT" "$@"

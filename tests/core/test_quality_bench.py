@@ -1,0 +1,139 @@
+"""The quality study's parts that need no ComfyUI: the synthetic multi-shot task, its metrics, the SVG2-style baseline
+(bench/quality_data.py, bench/quality_metrics.py, bench/quality_model.py). CPU, seconds."""
+
+import copy
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "bench")
+if BENCH not in sys.path:
+    sys.path.insert(0, BENCH)
+
+from quality_data import SyntheticMultiShot, TaskSpec, caption_ids, render  # noqa: E402
+from quality_metrics import (GaussianBaseline, adherence, fidelity, identity_score,  # noqa: E402
+                             subject_instances)
+from quality_model import AttentionMode, svg2_attention  # noqa: E402
+
+SPEC = TaskSpec(frames=12, height=16, width=24, min_shots=3, max_shots=4, min_shot_frames=3, num_subjects=5,
+                num_backgrounds=5, cast=3)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return SyntheticMultiShot(SPEC)
+
+
+def test_batches_are_deterministic_by_seed(task):
+    a, b, c = task.batch(5, 3), task.batch(5, 3), task.batch(6, 3)
+    assert torch.equal(a.latents, b.latents) and torch.equal(a.labels, b.labels) and torch.equal(a.context, b.context)
+    assert a.shots == b.shots
+    assert not torch.equal(a.latents, c.latents)
+    assert a.latents.shape == (3, SPEC.channels, SPEC.frames, SPEC.height, SPEC.width)
+    assert a.context.shape == (3, 3 * len(a.shots), SPEC.text_dim)
+    assert int(a.labels.min()) >= 0 and int(a.labels.max()) < SPEC.num_classes
+    assert 0.5 < float(a.latents.std()) < 2.0
+
+
+def test_videos_are_multi_shot_with_recurring_subjects(task):
+    for seed in range(20):
+        batch = task.batch(seed, 2)
+        assert SPEC.min_shots <= len(batch.shots) <= SPEC.max_shots and batch.shots[0] == 0
+        ends = list(batch.shots[1:]) + [SPEC.frames]
+        assert all(e - s >= SPEC.min_shot_frames for s, e in zip(batch.shots, ends))
+        for plan in batch.plans:
+            shots = plan.shots
+            assert all(len(s.subjects) <= 2 for s in shots)
+            assert all(len({x.side for x in s.subjects}) == len(s.subjects) for s in shots)
+            present = [any(x.cast_index == 0 for x in s.subjects) for s in shots]
+            assert present[0] and present[-1], "the protagonist opens and closes the video"
+            assert not all(present), "and leaves in between"
+            # the caption names what is rendered, per shot and side
+            for ids, shot in zip(caption_ids(plan, SPEC), shots):
+                assert ids[0] == shot.background
+                for side, (subj_id, _) in enumerate(((ids[2], ids[3]), (ids[4], ids[5]))):
+                    who = shot.on_side(side)
+                    assert subj_id == (who.subject if who else -1)
+        # shot k's caption differs from shot k+1's somewhere (each shot has its own caption)
+        ctx = batch.context[0].view(len(batch.shots), 3, -1)
+        assert all(not torch.allclose(ctx[k], ctx[k + 1]) for k in range(len(batch.shots) - 1))
+
+
+def _with_new_identities(batch, task, seed):
+    plans = copy.deepcopy(batch.plans)
+    gen = torch.Generator().manual_seed(seed)
+    for p in plans:
+        p.identity = SPEC.identity_std * torch.randn(p.identity.shape, generator=gen)
+    latents, _ = render(plans, SPEC, task.world, "cpu", noise_seed=seed)
+    return latents
+
+
+def test_identity_metric_sees_consistency_and_its_absence(task):
+    batches = [task.batch(100 + i, 4) for i in range(3)]
+    consistent, broken = [], []
+    for bi, b in enumerate(batches):
+        found, _ = subject_instances(b.latents, b.labels, b, task, video_offset=100 * bi)
+        consistent += found
+        # every shot after the first from other individuals of the same subjects: no cross-shot identity left
+        other = _with_new_identities(b, task, seed=bi)
+        spliced = other.clone()
+        first_end = b.shots[1]
+        spliced[:, :, :first_end] = b.latents[:, :, :first_end]
+        found, _ = subject_instances(spliced, b.labels, b, task, video_offset=100 * bi)
+        broken += found
+    good, bad = identity_score(consistent), identity_score(broken)
+    assert good["identity_pairs"] > 10 and good["identity"] > 0.85 and good["identity_far"] > 0.85
+    assert bad["identity_pairs"] > 0 and bad["identity"] < 0.6
+    # a model that paints every subject in its class colour (no individual) scores about 0, not 1
+    class_colour = []
+    for inst in consistent:
+        class_colour.append(dict(inst, mean=task.world.subject_mean()[inst["subject"]] + 0.01 * torch.randn(16)))
+    assert abs(identity_score(class_colour)["identity"]) < 0.5
+
+
+def test_adherence_reads_the_caption(task):
+    b = task.batch(7, 3)
+    perfect = adherence(b.labels, b, task)
+    assert perfect["score"] == 1.0 and perfect["side"] == 1.0
+    assert perfect["decisions"] == 2 * sum(len(p.shots) for p in b.plans)
+    flipped = adherence(b.labels.flip(-1), b, task)  # every subject in the other half of the frame
+    assert flipped["subjects"] == 1.0 and flipped["side"] == 0.0
+    blank = torch.full_like(b.labels, 0)  # background 0 everywhere, no subjects
+    worse = adherence(blank, b, task)
+    assert worse["score"] < 0.8 and worse["subjects"] < 1.0
+
+
+def test_fidelity_and_trivial_baseline(task):
+    b = task.batch(3, 2)
+    same = fidelity(b.latents, b.latents)
+    assert same["psnr"] == math.inf and same["cosine"] == pytest.approx(1.0)
+    noisy = fidelity(b.latents + 0.1 * torch.randn_like(b.latents), b.latents)
+    assert 20 < noisy["psnr"] < 60
+    data = task.batch(4, 4)
+    base = GaussianBaseline([data])
+    x0 = data.latents
+    for t in (0.2, 0.5, 0.8):
+        eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+        xt = (1 - t) * x0 + t * eps
+        pred = base.predict(xt, torch.full((x0.shape[0],), t))
+        err = float((pred - (eps - x0)).pow(2).mean())
+        assert err < float((eps - x0).pow(2).mean())  # better than predicting zero
+        assert err < float((1.1 * pred - (eps - x0)).pow(2).mean())  # and than a rescaled version of itself
+
+
+def test_svg2_baseline_is_exact_at_top_p_one_and_sparse_below():
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 96, 2, 16, generator=gen) for _ in range(3))
+    ref = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                                           v.transpose(1, 2)).transpose(1, 2)
+    out, density = svg2_attention(q, k, v, {}, 0, AttentionMode("svg2", svg2_q_clusters=6, svg2_k_clusters=8,
+                                                               svg2_top_p=1.0))
+    assert density == pytest.approx(1.0) and torch.allclose(out, ref, atol=1e-5)
+    state = {}
+    out, density = svg2_attention(q, k, v, state, 0, AttentionMode("svg2", svg2_q_clusters=6, svg2_k_clusters=8,
+                                                                   svg2_top_p=0.5))
+    assert 0 < density < 1 and torch.isfinite(out).all()
+    assert (0, "q") in state and state[(0, "k")].shape == (2 * 2, 8, 16)  # warm start for the next step
