@@ -1,0 +1,633 @@
+"""The example workflows (workflows/*.json): well-formed UI graphs of this ComfyUI, and every one of them EXECUTES in
+ComfyUI's own executor on CPU.
+
+Static checks, per file: valid JSON in the frontend's litegraph format (ids, links, slots, execution order,
+properties, groups, no overlapping nodes); every node type exists in ComfyUI core or this pack (the real host's
+node list, the pack loaded by ComfyUI's custom-node loader); every link type-checks; the notes name every model
+file and its folder; the file converts to an API prompt (``ui_to_api``, strict) and ``execution.validate_prompt``
+passes completely with the model folders pointed at stand-in files of the same names. The files must also be
+exactly what ``workflows/build_workflows.py`` writes.
+
+Execution (``test_workflow_executes``): the converted API prompt runs through ``run_api_prompt`` (ComfyUI's
+PromptExecutor) with
+
+* every model folder (diffusion_models, text_encoders, vae, clip_vision, moga) and the input/output folders pointed
+  at a private tree (`model_tree`) holding tiny files under the workflow's own file names:
+
+  - diffusion models: tiny state dicts of ComfyUI's real model classes (tests/host/tiny_models.py; real key layout,
+    so the real UNETLoader and model detection choose the real model type): Wan 2.1 T2V (two sizes), Wan 2.1 I2V
+    (36 input channels, CLIP image projection), two Wan 2.2 A14B experts, Wan 2.2 TI2V 5B (48 channels, Wan 2.2
+    latent format), HunyuanVideo (guidance embedding, 4096-wide text input, CLIP-L pooled vector);
+  - VAEs, loaded by the real VAELoader through ``comfy.sd.VAE``'s detection: the Wan 2.1 VAE at width 16 (its width
+    is read from the state dict: nothing substituted); the Wan 2.2 VAE and the HunyuanVideo VAE as real classes
+    with the real key layout at width 16 and 32, where ``comfy.sd.VAE`` hard-codes 160/256 and 128: for this module
+    the two constructors (``comfy.ldm.wan.vae2_2.WanVAE``; ``comfy.sd.AutoencoderKL`` for the conv3d HunyuanVideo
+    branch) are wrapped to build that narrower width (`narrow_vae_constructors`);
+  - a MoGA router file for the tiny 1.3B model under the name ``moga_calibrate_router.json`` writes;
+  - placeholder files for the text encoders, a 2-layer ViT-H state dict for clip_vision_h, a PNG first frame;
+
+* the ``class_type`` of the loaders of models that cannot run on CPU replaced by test-only stand-ins
+  (tests/host/workflow_standins, loaded with ``nodes.load_custom_node``): CLIPLoader (UMT5-XXL) and DualCLIPLoader
+  (CLIP-L + LLaVA) by text encoders with ComfyUI's CLIP interface and the real output widths, CLIPVisionLoader by a
+  loader that builds ComfyUI's real ClipVisionModel with 2 layers. Nothing else is substituted;
+
+* sizes and steps shrunk after conversion (`shrink_prompt`) so each workflow runs in seconds: 32 x 32 px
+  (64 x 64 for the 16x-compressing Wan 2.2 5B VAE), i.e. a 2 x 2 token grid per latent frame; 9 frames (3 latent
+  frames) where a length is set, and shots of 5/4/4(/4) frames in the multi-shot prompts (4 or 5 latent frames:
+  2 for the first shot, 1 for each other, cuts on latent-frame boundaries); 2 sampling steps (the Wan 2.2 expert
+  split at step 1 of 2), 1 calibration step; VAE Decode (Tiled) with 8-frame (2 latent frames) temporal tiles, so the
+  multi-shot videos decode in several temporal tiles; MoGA's ``min_tokens`` 0 and ``start_percent`` 0, so the tiny
+  sequences run sparse from the first step.
+
+Checked: success; the SaveVideo output is an mp4 with the expected frame count and size (MoGASaveRouter: a router
+file that loads with the tiny model's sizes); every MoGA patch in the run (``MogaPatch``, recorded as it is
+created) took every routed block's self-attention sparse in every forward (``last_run_stats``: sparse calls for
+every block, no dense fallback), both experts of Wan 2.2, double and single blocks of HunyuanVideo; every
+calibration pass saw the model's tokens; the multi-shot prompts encoded the global prompt and every caption.
+Two more runs: the Wan 2.2 5B workflow with its bypassed Load Image enabled (its image-to-video path), and the
+calibration workflow followed by the load-router workflow, unchanged, which must load exactly the file the first
+one wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+import sys
+
+import pytest
+import torch
+
+import tiny_models as tm
+import workflow_tools as wt
+
+pytestmark = pytest.mark.host
+
+HOST_DIR = os.path.dirname(os.path.abspath(__file__))
+PACK_ROOT = os.path.dirname(os.path.dirname(HOST_DIR))
+WORKFLOWS_DIR = os.path.join(PACK_ROOT, "workflows")
+STANDINS_DIR = os.path.join(HOST_DIR, "workflow_standins")
+
+STAND_INS = {"CLIPLoader": "StandInCLIPLoader", "DualCLIPLoader": "StandInDualCLIPLoader",
+             "CLIPVisionLoader": "StandInCLIPVisionLoader"}
+MODEL_FOLDERS = ("diffusion_models", "text_encoders", "vae", "clip_vision", "moga")
+WIDGET_FOLDERS = {"unet_name": "diffusion_models", "clip_name": "text_encoders", "clip_name1": "text_encoders",
+                  "clip_name2": "text_encoders", "vae_name": "vae", "router_name": "moga"}
+LOADER_FOLDERS = {"CLIPVisionLoader": {"clip_name": "clip_vision"}}
+
+WAN21_VAE_DIM = 16  # comfy.sd.VAE reads it from the state dict
+WAN22_VAE_DIM = 16  # hard-coded 160 (encoder) / 256 (decoder) in comfy.sd.VAE
+HV_VAE_CH = 32  # hard-coded 128 in comfy.sd.VAE; 32 is the least GroupNorm(32 groups) allows
+
+
+@dataclasses.dataclass(frozen=True)
+class Expect:
+    frames: int | None  # frames of the saved video (None: no video)
+    size: int  # tiny width = height in pixels
+    routed_patches: int  # MoGA patches that must run sparse
+    calibrations: int  # calibration passes
+    stand_ins: frozenset  # loader nodes whose class_type the test replaces (see workflow_standins)
+    narrowed_vae: str | None = None  # VAE built narrower than comfy.sd.VAE's hard-coded width
+
+
+UMT5, LLAVA, VIT_H = frozenset({"CLIPLoader"}), frozenset({"DualCLIPLoader"}), frozenset({"CLIPVisionLoader"})
+EXPECT = {
+    "wan2.1_t2v_1.3B_multishot_moga.json": Expect(13, 32, 1, 1, UMT5),
+    "wan2.1_t2v_14B_multishot_moga.json": Expect(17, 32, 1, 1, UMT5),
+    "wan2.1_i2v_14B_moga.json": Expect(9, 32, 1, 1, UMT5 | VIT_H),
+    "wan2.2_a14b_t2v_moga.json": Expect(13, 32, 2, 2, UMT5),
+    "wan2.2_ti2v_5B_moga.json": Expect(9, 64, 1, 1, UMT5, narrowed_vae="wan2.2_vae.safetensors"),
+    "hunyuanvideo_t2v_multishot_moga.json": Expect(13, 32, 1, 1, LLAVA,
+                                                   narrowed_vae="hunyuan_video_vae_bf16.safetensors"),
+    "moga_calibrate_router.json": Expect(None, 32, 0, 1, UMT5),
+    "moga_load_saved_router.json": Expect(9, 32, 1, 0, UMT5),
+}
+NARROWED_VAES = {"wan2.2_vae.safetensors", "hunyuan_video_vae_bf16.safetensors"}
+WORKFLOW_FILES = sorted(f for f in os.listdir(WORKFLOWS_DIR) if f.endswith(".json"))
+
+
+def load_workflow(name: str) -> dict:
+    with open(os.path.join(WORKFLOWS_DIR, name), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_builder():
+    """workflows/build_workflows.py as a module (it is a script, not part of a package)."""
+    name = "moga_build_workflows"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, os.path.join(WORKFLOWS_DIR, "build_workflows.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fixtures
+
+
+@pytest.fixture(scope="module")
+def schemas(moga):
+    """``/object_info`` of the real host with the pack loaded (before any test-only node is registered)."""
+    return wt.node_schemas_from_comfy()
+
+
+@pytest.fixture(scope="module")
+def standins(moga, schemas):
+    """The test-only stand-in loaders (tests/host/workflow_standins), registered for this module only (after
+    `schemas` was taken, so they never appear in it)."""
+    import nodes
+
+    before = set(nodes.NODE_CLASS_MAPPINGS)
+    assert asyncio.run(nodes.load_custom_node(STANDINS_DIR, module_parent="tests")), "stand-in nodes did not load"
+    module = sys.modules[STANDINS_DIR.replace(".", "_x_")]
+    yield module
+    for name in set(nodes.NODE_CLASS_MAPPINGS) - before:
+        nodes.NODE_CLASS_MAPPINGS.pop(name, None)
+
+
+def hunyuan_video_state_dict(seed: int) -> dict:
+    """A tiny HunyuanVideo (T2V 720p layout: guidance embedding, LLaVA-width text input, CLIP-L pooled vector)."""
+    import comfy.ldm.hunyuan_video.model as hv
+    import comfy.ops
+
+    model = hv.HunyuanVideo(image_model="hunyuan_video", operations=comfy.ops.disable_weight_init, in_channels=16,
+                            out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=256, mlp_ratio=4.0,
+                            num_heads=2, depth=2, depth_single_blocks=2, axes_dim=[16, 56, 56], theta=256,
+                            patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=True, byt5=False, meanflow=False,
+                            use_cond_type_embedding=False, vision_in_dim=None, meanflow_sum=False)
+    return tm._randomize(model, seed)
+
+
+def _vae_state_dict(module: torch.nn.Module, seed: int) -> dict:
+    """Seeded weights of moderate scale (norm gains 1), so the tiny decoders give finite, varied pixels."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, tensor in module.state_dict().items():
+        if name.endswith("gamma") or (name.endswith("weight") and "norm" in name):
+            sd[name] = torch.ones(tensor.shape)
+        elif tensor.dim() >= 2:
+            fan_in = tensor[0].numel()
+            sd[name] = torch.randn(tensor.shape, generator=gen) * (0.5 / fan_in ** 0.5)
+        else:
+            sd[name] = 0.01 * torch.randn(tensor.shape, generator=gen)
+    return sd
+
+
+def wan21_vae_state_dict() -> dict:
+    import comfy.ldm.wan.vae
+
+    return _vae_state_dict(comfy.ldm.wan.vae.WanVAE(
+        dim=WAN21_VAE_DIM, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+        temperal_downsample=[False, True, True], image_channels=3, conv_out_channels=3, dropout=0.0), 11)
+
+
+def wan22_vae_state_dict() -> dict:
+    import comfy.ldm.wan.vae2_2
+
+    return _vae_state_dict(comfy.ldm.wan.vae2_2.WanVAE(
+        dim=WAN22_VAE_DIM, dec_dim=WAN22_VAE_DIM, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+        attn_scales=[], temperal_downsample=[False, True, True], dropout=0.0), 12)
+
+
+def hunyuan_vae_state_dict() -> dict:
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    ddconfig = {"double_z": True, "z_channels": 16, "resolution": 256, "in_channels": 3, "out_ch": 3,
+                "ch": HV_VAE_CH, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [],
+                "dropout": 0.0, "conv3d": True, "time_compress": 4}
+    return _vae_state_dict(AutoencoderKL(ddconfig=ddconfig, embed_dim=16), 13)
+
+
+def narrow_vae_constructors(mp: pytest.MonkeyPatch) -> None:
+    """comfy.sd.VAE hard-codes the widths of the Wan 2.2 and HunyuanVideo VAEs: build them at the test's width."""
+    import comfy.ldm.wan.vae2_2
+    import comfy.sd
+
+    wan22 = comfy.ldm.wan.vae2_2.WanVAE
+    autoencoder_kl = comfy.sd.AutoencoderKL
+
+    def narrow_wan22_vae(**config):
+        return wan22(**dict(config, dim=WAN22_VAE_DIM, dec_dim=WAN22_VAE_DIM))
+
+    def narrow_hunyuan_vae(*args, **kwargs):
+        ddconfig = kwargs.get("ddconfig")
+        if ddconfig is not None and ddconfig.get("conv3d") and ddconfig.get("time_compress") == 4:
+            kwargs["ddconfig"] = dict(ddconfig, ch=HV_VAE_CH)  # the HunyuanVideo (1.0) branch of comfy.sd.VAE
+        return autoencoder_kl(*args, **kwargs)
+
+    mp.setattr(comfy.ldm.wan.vae2_2, "WanVAE", narrow_wan22_vae)
+    mp.setattr(comfy.sd, "AutoencoderKL", narrow_hunyuan_vae)
+
+
+@pytest.fixture(scope="module")
+def model_tree(comfyui, moga, standins, tmp_path_factory):
+    """A private models/ tree with tiny files under every name the workflows use, plus input and output folders."""
+    import folder_paths
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    root = tmp_path_factory.mktemp("workflow_models")
+    for sub in MODEL_FOLDERS + ("input", "output"):
+        (root / sub).mkdir()
+
+    def save(folder: str, name: str, sd: dict, dtype=torch.float32, **metadata):
+        save_file({k: v.to(dtype).contiguous() for k, v in sd.items()}, str(root / folder / name),
+                  metadata={k: str(v) for k, v in metadata.items()} or None)
+
+    diffusion = {
+        "wan2.1_t2v_1.3B_fp16.safetensors": tm.wan_state_dict(seed=0),
+        "wan2.1_t2v_14B_fp8_scaled.safetensors": tm.wan_state_dict(layers=3, seed=1),
+        "wan2.1_i2v_480p_14B_fp16.safetensors": tm.wan_state_dict(model_type="i2v", in_dim=36, seed=2),
+        "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors": tm.wan_state_dict(seed=3),
+        "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors": tm.wan_state_dict(seed=4),
+        "wan2.2_ti2v_5B_fp16.safetensors": tm.wan_state_dict(in_dim=48, out_dim=48, seed=5),
+        "hunyuan_video_t2v_720p_bf16.safetensors": hunyuan_video_state_dict(seed=6),
+    }
+    for name, sd in diffusion.items():
+        save("diffusion_models", name, sd)
+    for name in ("umt5_xxl_fp8_e4m3fn_scaled.safetensors", "clip_l.safetensors",
+                 "llava_llama3_fp8_scaled.safetensors"):
+        save("text_encoders", name, {"stand_in": torch.zeros(1)}, **{standins.STAND_IN_MARKER: name})
+    save("vae", "wan_2.1_vae.safetensors", wan21_vae_state_dict())
+    save("vae", "wan2.2_vae.safetensors", wan22_vae_state_dict())
+    save("vae", "hunyuan_video_vae_bf16.safetensors", hunyuan_vae_state_dict())
+    import comfy.clip_vision
+
+    config = standins.tiny_vit_h_config()
+    try:
+        vit = comfy.clip_vision.ClipVisionModel(config)
+    finally:
+        os.unlink(config)
+    save("clip_vision", "clip_vision_h.safetensors", tm._randomize(vit.model, 7), dtype=torch.float16)
+    del vit
+    routers = moga.routers.RouterSet({i: moga.core.Router(256, 5) for i in range(2)}, "wan", 256, 2,
+                                     combine="union", source="calibrated")
+    builder = load_builder()
+    routers.save(str(root / "moga" / builder.CALIBRATED_ROUTER))
+    generator = torch.Generator().manual_seed(8)
+    pixels = (torch.rand(64, 64, 3, generator=generator) * 255).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(root / "input" / builder.START_IMAGE)
+
+    saved_paths = {k: (list(v[0]), set(v[1])) for k, v in folder_paths.folder_names_and_paths.items()}
+    saved_dirs = (folder_paths.get_input_directory(), folder_paths.get_output_directory())
+    with pytest.MonkeyPatch.context() as mp:
+        for sub in MODEL_FOLDERS:
+            exts = {".safetensors"} if sub == "moga" else folder_paths.supported_pt_extensions
+            folder_paths.folder_names_and_paths[sub] = ([str(root / sub)], exts)
+        folder_paths.set_input_directory(str(root / "input"))
+        folder_paths.set_output_directory(str(root / "output"))
+        folder_paths.filename_list_cache.clear()
+        narrow_vae_constructors(mp)
+        try:
+            yield root
+        finally:
+            folder_paths.folder_names_and_paths.clear()
+            folder_paths.folder_names_and_paths.update(saved_paths)
+            folder_paths.set_input_directory(saved_dirs[0])
+            folder_paths.set_output_directory(saved_dirs[1])
+            folder_paths.filename_list_cache.clear()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# static checks
+
+
+def test_every_expected_workflow_is_shipped():
+    assert set(WORKFLOW_FILES) == set(EXPECT)
+
+
+def test_shipped_files_are_the_build_scripts_output(schemas):
+    builder = load_builder()
+    built = builder.build_all(schemas)
+    assert sorted(built) == WORKFLOW_FILES
+    for name, workflow in built.items():
+        with open(os.path.join(WORKFLOWS_DIR, name), encoding="utf-8") as f:
+            text = f.read()
+        assert text == builder.dumps(workflow), f"{name} is stale: run workflows/build_workflows.py"
+
+
+def _rect(node: dict) -> tuple[float, float, float, float]:
+    x, y = node["pos"]
+    w, h = node["size"]
+    return x, y - 30, x + w, y + h  # litegraph draws the title bar (30 px) above pos
+
+
+@pytest.mark.parametrize("name", WORKFLOW_FILES)
+def test_ui_graph_is_well_formed(name):
+    wf = load_workflow(name)
+    for key in ("id", "revision", "last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra"):
+        assert key in wf, key
+    assert wf["version"] == 0.4
+    assert set(wf["extra"]["ds"]) == {"scale", "offset"}
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert len(nodes) == len(wf["nodes"]) and wf["last_node_id"] == max(nodes)
+    links = {row[0]: row for row in wf["links"]}
+    assert len(links) == len(wf["links"]) and wf["last_link_id"] == max(links)
+    for link_id, origin, origin_slot, target, target_slot, link_type in wf["links"]:
+        out = nodes[origin]["outputs"][origin_slot]
+        assert link_id in out["links"] and out["type"] == link_type
+        assert nodes[target]["inputs"][target_slot]["link"] == link_id
+    for node in wf["nodes"]:
+        for slot in node["inputs"]:
+            assert slot["link"] is None or slot["link"] in links
+        for out in node["outputs"]:
+            assert all(link in links for link in out["links"] or [])
+    orders = sorted(n["order"] for n in wf["nodes"])
+    assert orders == list(range(len(nodes)))
+    for _, origin, _, target, _, _ in wf["links"]:
+        assert nodes[origin]["order"] < nodes[target]["order"]
+    for node in wf["nodes"]:
+        assert set(node) >= {"id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs",
+                             "properties", "widgets_values"}
+        if node["type"] not in wt.NOTE_NODE_TYPES:
+            assert node["properties"]["Node name for S&R"] == node["type"]
+            assert node["properties"]["cnr_id"] in ("comfy-core", "comfyui-moga")
+    shown = list(nodes.values())
+    for i, a in enumerate(shown):
+        for b in shown[i + 1:]:
+            ax0, ay0, ax1, ay1 = _rect(a)
+            bx0, by0, bx1, by1 = _rect(b)
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, \
+                f"nodes {a['id']} ({a['type']}) and {b['id']} ({b['type']}) overlap"
+    for group in wf["groups"]:
+        gx, gy, gw, gh = group["bounding"]
+        inside = []
+        for node in shown:
+            x0, y0, x1, y1 = _rect(node)
+            if gx <= x0 and x1 <= gx + gw and gy <= y0 and y1 <= gy + gh:
+                inside.append(node)
+            else:  # a node is either in a group or clear of it
+                assert x1 <= gx or gx + gw <= x0 or y1 <= gy or gy + gh <= y0, \
+                    f"node {node['id']} ({node['type']}) sticks into group {group['title']!r}"
+        assert inside, f"group {group['title']!r} holds no node"
+
+
+def _model_files(wf: dict) -> dict[str, str]:
+    """{file name: models/ folder} of every loader widget in the workflow."""
+    files = {}
+    for node in wf["nodes"]:
+        if node["type"] in wt.NOTE_NODE_TYPES:
+            continue
+        for value in node["widgets_values"]:
+            if isinstance(value, str) and value.endswith(".safetensors"):
+                folder = "clip_vision" if node["type"] == "CLIPVisionLoader" else \
+                    "moga" if node["type"].startswith("MoGA") else \
+                    {"UNETLoader": "diffusion_models", "CLIPLoader": "text_encoders",
+                     "DualCLIPLoader": "text_encoders", "VAELoader": "vae"}[node["type"]]
+                files[value] = folder
+    return files
+
+
+@pytest.mark.parametrize("name", WORKFLOW_FILES)
+def test_notes_say_which_files_to_get_and_where(name):
+    wf = load_workflow(name)
+    notes = "\n".join(n["widgets_values"][0] for n in wf["nodes"] if n["type"] in wt.NOTE_NODE_TYPES)
+    files = _model_files(wf)
+    assert files
+    for file_name, folder in files.items():
+        assert file_name in notes, f"no note names {file_name}"
+        assert f"{folder}/" in notes or f"**{folder}**" in notes, f"no note says where {file_name} goes ({folder})"
+    for node in wf["nodes"]:
+        for entry in node["properties"].get("models", []):
+            assert files[entry["name"]] == entry["directory"] and entry["url"].startswith("https://huggingface.co/")
+    types = {n["type"] for n in wf["nodes"]}
+    if "MoGAApply" in types:
+        assert "MoGA settings" in notes and "start_percent" in notes and "min_tokens" in notes
+    if types & {"MoGALoadRouter", "MoGASaveRouter", "MoGACalibrateRouter"}:
+        assert "models/moga/" in notes
+
+
+@pytest.mark.parametrize("name", WORKFLOW_FILES)
+def test_node_types_exist_and_links_type_check(name, schemas):
+    wf = load_workflow(name)
+    for node in wf["nodes"]:
+        if node["type"] in wt.VIRTUAL_NODE_TYPES:
+            continue
+        assert node["type"] in schemas, f"{node['type']} is not a node of this ComfyUI"
+        module = schemas[node["type"]]["python_module"]
+        assert module == "custom_nodes.ComfyUI-MoGA" if node["type"].startswith("MoGA") else \
+            module == "nodes" or module.startswith("comfy_extras.")
+    assert wt.validate_links(wf, schemas, include_stale=True) == len(wf["links"])
+
+
+@pytest.mark.parametrize("name", WORKFLOW_FILES)
+def test_converts_and_validates_with_the_model_files_present(name, schemas, model_tree):
+    wf = load_workflow(name)
+    prompt = wt.ui_to_api(wf, schemas, strict=True)
+    active = {n["type"] for n in wf["nodes"] if n["mode"] == 0 and n["type"] not in wt.VIRTUAL_NODE_TYPES}
+    assert {entry["class_type"] for entry in prompt.values()} == active
+    for node in wf["nodes"]:  # a loader's file is present in the folder the node reads
+        for widget, folder in WIDGET_FOLDERS.items():
+            folder = LOADER_FOLDERS.get(node["type"], {}).get(widget, folder)
+            value = prompt.get(str(node["id"]), {}).get("inputs", {}).get(widget)
+            if isinstance(value, str) and value.endswith(".safetensors"):
+                assert (model_tree / folder / value).is_file(), f"{value} not in {folder}"
+    validation = wt.validate_api_prompt(prompt)
+    assert validation[0], wt.validation_error_messages(validation)
+    assert not validation[3]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# execution
+
+_DURATION = re.compile(r"^\s*[^|#]+\|")
+
+
+def tiny_shots(text: str) -> str:
+    """Keep every shot's prompt, give the shots 5/4/4/... frames (one latent frame per later shot, cuts on
+    latent-frame boundaries)."""
+    lines = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return "\n".join(_DURATION.sub(f"{5 if i == 0 else 4}f |", line) for i, line in enumerate(lines))
+
+
+def shrink_prompt(prompt: dict, size: int) -> dict:
+    """Tiny sizes and steps, MoGA sparse at any length and from the first step, stand-in loaders."""
+    for entry in prompt.values():
+        inputs, kind = entry["inputs"], entry["class_type"]
+        if kind in STAND_INS:
+            entry["class_type"] = STAND_INS[kind]
+        for key in ("width", "height"):
+            if key in inputs and not isinstance(inputs[key], list):
+                inputs[key] = size
+        if "length" in inputs and not isinstance(inputs["length"], list):
+            inputs["length"] = 9
+        if kind == "MoGAMultiShotPrompt":
+            inputs["shots"] = tiny_shots(inputs["shots"])
+        if kind == "KSamplerAdvanced":
+            total = inputs["steps"]
+            for key in ("start_at_step", "end_at_step"):
+                if inputs[key] < total:
+                    inputs[key] = inputs[key] * 2 // total
+            inputs["steps"] = 2
+        elif kind == "MoGACalibrateRouter":
+            inputs.update(steps=1, tokens_per_block=256)
+        elif "steps" in inputs:
+            inputs["steps"] = 2
+        if kind == "MoGAApply":
+            inputs.update(min_tokens=0, start_percent=0.0)
+        if kind == "VAEDecodeTiled":
+            inputs.update(tile_size=64, overlap=32, temporal_size=8, temporal_overlap=4)
+    return prompt
+
+
+def video_frames(path: str) -> tuple[int, int, int]:
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return frames, stream.codec_context.width, stream.codec_context.height
+
+
+@dataclasses.dataclass
+class Run:
+    prompt: dict
+    result: wt.PromptRunResult
+    patches: list  # every MogaPatch created during the run
+    replaced: set  # class types the stand-ins replaced
+
+
+def run_workflow(name: str, schemas: dict, moga, standins, monkeypatch, edit=None) -> Run:
+    """Convert a shipped workflow (optionally ``edit``-ed in UI form first), shrink it, execute it."""
+    import comfy.model_management
+
+    wf = load_workflow(name)
+    if edit is not None:
+        edit(wf)
+    prompt = wt.ui_to_api(wf, schemas, strict=True)
+    replaced = {e["class_type"] for e in prompt.values()} & set(STAND_INS)
+    prompt = shrink_prompt(prompt, EXPECT[name].size)
+    patches = []
+    original_init = moga.patcher.MogaPatch.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        patches.append(self)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(moga.patcher.MogaPatch, "__init__", recording_init)
+        standins.ENCODED.clear()
+        try:
+            result = wt.run_api_prompt(prompt, extra_data={"extra_pnginfo": {"workflow": wf}})
+        finally:
+            comfy.model_management.unload_all_models()
+    assert result.success, result.errors
+    return Run(prompt, result, patches, replaced)
+
+
+def check_video(run: Run, model_tree, frames: int, size: int) -> None:
+    saves = [nid for nid, entry in run.prompt.items() if entry["class_type"] == "SaveVideo"]
+    assert len(saves) == 1
+    saved = run.result.outputs[saves[0]]["images"]
+    assert len(saved) == 1 and saved[0]["type"] == "output"
+    path = model_tree / "output" / saved[0]["subfolder"] / saved[0]["filename"]
+    assert path.is_file() and path.suffix == ".mp4"
+    assert video_frames(str(path)) == (frames, size, size)
+
+
+def check_moga_ran_sparse(run: Run, routed_patches: int, calibrations: int) -> None:
+    """Every calibration pass saw tokens; every patch took every routed block sparse in every forward."""
+    probes = [p for p in run.patches if p.capture is not None]
+    routed = [p for p in run.patches if p.routers is not None]
+    assert len(probes) == calibrations and len(routed) == routed_patches
+    for probe in probes:
+        assert probe.last_run_stats["forwards"] > 0 and probe.capture.seen
+    for patch in routed:
+        stats = patch.last_run_stats
+        assert stats is not None and stats["forwards"] > 0, "the patched model never ran"
+        assert not stats["dense"], f"MoGA fell back to dense attention: {dict(stats['dense'])}"
+        assert stats["sparse_forwards"] == stats["forwards"]
+        blocks = {(k.block_type, k.block_index) for k in patch.adapter.blocks() if k.index in patch.routers.routers}
+        assert set(stats["sparse_calls"]) == blocks
+        assert min(stats["sparse_calls"].values()) == max(stats["sparse_calls"].values()) == stats["forwards"]
+
+
+def check_saved_router(run: Run, model_tree, moga) -> str:
+    (nid,) = [nid for nid, entry in run.prompt.items() if entry["class_type"] == "MoGASaveRouter"]
+    path = run.result.outputs[nid]["text"][0]
+    assert os.path.dirname(path) == str(model_tree / "moga")
+    assert re.fullmatch(r"wan2\.1_t2v_1\.3B_calibrated_\d{5}\.safetensors", os.path.basename(path))
+    routers = moga.routers.RouterSet.load(path)
+    assert (routers.model_family, routers.hidden_size, routers.num_blocks, routers.num_groups, routers.combine,
+            routers.source) == ("wan", 256, 2, 5, "union", "calibrated")
+    return path
+
+
+@pytest.mark.parametrize("name", WORKFLOW_FILES)
+def test_workflow_executes(name, schemas, model_tree, standins, moga, monkeypatch):
+    """The shipped workflow, converted to API form, shrunk and run (module doc: tiny files, stand-ins, sizes).
+
+    Substituted, per workflow (``EXPECT[name].stand_ins``, asserted below): the class_type of CLIPLoader (UMT5-XXL)
+    everywhere but HunyuanVideo, of DualCLIPLoader (CLIP-L + LLaVA) in hunyuanvideo_t2v_multishot, of
+    CLIPVisionLoader (ViT-H) in wan2.1_i2v_14B, by the stand-ins of tests/host/workflow_standins. Narrowed in
+    place (``narrowed_vae``): the Wan 2.2 VAE of wan2.2_ti2v_5B and the HunyuanVideo VAE of
+    hunyuanvideo_t2v_multishot are real classes built narrower than comfy.sd.VAE's hard-coded width. Everything
+    else is the workflow's own node, run on a tiny file of the real format: the diffusion models (real classes),
+    the Wan 2.1 VAE, the router file.
+    """
+    expect = EXPECT[name]
+    run = run_workflow(name, schemas, moga, standins, monkeypatch)
+    assert run.replaced == expect.stand_ins
+    vaes = {e["inputs"]["vae_name"] for e in run.prompt.values() if e["class_type"] == "VAELoader"}
+    assert vaes & NARROWED_VAES == ({expect.narrowed_vae} if expect.narrowed_vae else set())
+    if expect.frames is None:
+        assert not [e for e in run.prompt.values() if e["class_type"] == "SaveVideo"]
+    else:
+        check_video(run, model_tree, expect.frames, expect.size)
+    if any(e["class_type"] == "MoGASaveRouter" for e in run.prompt.values()):
+        os.remove(check_saved_router(run, model_tree, moga))
+    check_moga_ran_sparse(run, expect.routed_patches, expect.calibrations)
+    if name.startswith("hunyuan"):
+        (patch,) = [p for p in run.patches if p.routers is not None]
+        assert {kind for kind, _ in patch.last_run_stats["sparse_calls"]} == {"double", "single"}
+    # the text nodes ran on the stand-in encoders: the global prompt and every shot caption were encoded
+    texts = [t for _, t in standins.ENCODED]
+    for entry in run.prompt.values():
+        if entry["class_type"] == "MoGAMultiShotPrompt":
+            assert entry["inputs"]["global_prompt"] in texts
+            for line in entry["inputs"]["shots"].splitlines():
+                assert line.split("|", 1)[1].strip() in texts
+
+
+def test_ti2v_workflow_with_its_first_frame_enabled(schemas, model_tree, standins, moga, monkeypatch):
+    """The 5B workflow's image-to-video path: Load Image un-bypassed (Ctrl + B), as its note tells users."""
+
+    def enable_image(wf):
+        (image,) = [n for n in wf["nodes"] if n["type"] == "LoadImage"]
+        assert image["mode"] == 4
+        image["mode"] = 0
+
+    run = run_workflow("wan2.2_ti2v_5B_moga.json", schemas, moga, standins, monkeypatch, edit=enable_image)
+    latents = [e for e in run.prompt.values() if e["class_type"] == "Wan22ImageToVideoLatent"]
+    assert len(latents) == 2 and all("start_image" in e["inputs"] for e in latents)
+    check_video(run, model_tree, 9, 64)
+    check_moga_ran_sparse(run, 1, 1)
+
+
+def test_calibration_workflow_writes_the_router_the_load_workflow_reads(schemas, model_tree, standins, moga,
+                                                                        monkeypatch):
+    """moga_calibrate_router.json then moga_load_saved_router.json, unchanged: the second loads the first's file."""
+    builder = load_builder()
+    shipped = model_tree / "moga" / builder.CALIBRATED_ROUTER
+    aside = model_tree / "router_set_aside.bin"
+    shipped.rename(aside)
+    try:
+        calibrated = run_workflow("moga_calibrate_router.json", schemas, moga, standins, monkeypatch)
+        path = check_saved_router(calibrated, model_tree, moga)
+        assert path == str(shipped)
+        loaded = run_workflow("moga_load_saved_router.json", schemas, moga, standins, monkeypatch)
+        check_moga_ran_sparse(loaded, 1, 0)
+        (patch,) = loaded.patches
+        written = moga.routers.RouterSet.load(path)
+        assert patch.routers.routers.keys() == written.routers.keys()
+        for i, router in written.routers.items():
+            assert torch.equal(patch.routers.routers[i].weight, router.weight)
+    finally:
+        if shipped.exists():
+            shipped.unlink()
+        aside.rename(shipped)

@@ -1,0 +1,148 @@
+"""Test-only custom nodes: stand-ins for the loaders whose real models cannot run in a CPU test.
+
+tests/host/test_workflows.py loads this folder with ComfyUI's own ``nodes.load_custom_node`` and, in the API prompt
+converted from a shipped workflow, replaces the ``class_type`` of exactly these loader nodes (nothing else):
+
+- ``CLIPLoader`` (UMT5-XXL, 6.7 GB) -> ``StandInCLIPLoader``
+- ``DualCLIPLoader`` (CLIP-L + LLaVA-Llama-3-8B, 9 GB) -> ``StandInDualCLIPLoader``
+- ``CLIPVisionLoader`` (ViT-H/14, 1.2 GB) -> ``StandInCLIPVisionLoader``
+
+Each stand-in declares the real node's inputs (its ``INPUT_TYPES`` is the real class's), resolves and reads the
+file the workflow names from the same model folder, and returns an object with the interface the consuming nodes
+use:
+
+- the text encoders return `StandInTextEncoder`: ComfyUI's CLIP interface as CLIPTextEncode and MoGA Multi-Shot
+  Prompt use it (``tokenize`` -> ``encode_from_tokens_scheduled`` -> ``[[cond (1, L, 4096), extras]]``), with the
+  real encoders' output widths (UMT5-XXL and LLaVA: 4096; HunyuanVideo also gets CLIP-L's pooled (1, 768) vector
+  and a text attention mask with padding, as LLaVA's encoding can carry), deterministic per text;
+- the CLIP-vision loader returns ComfyUI's real ``comfy.clip_vision.ClipVisionModel`` built from ComfyUI's own
+  ViT-H config (``comfy/clip_vision_config_h.json``) with 2 layers instead of 32 and narrow MLPs (``TINY_VIT_H``;
+  the 1280 width that Wan's image projection reads, 224 px, patch 14, 257 tokens stay), and loads the tiny state
+  dict (real key layout) from the file. The real loader picks its config from the layer count (a file with
+  layer 30 is ViT-H), which is why the loader node itself is substituted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+
+import torch
+
+import comfy.clip_vision
+import comfy.utils
+import folder_paths
+import nodes
+
+#: what differs from ComfyUI's ViT-H config
+TINY_VIT_H = {"num_hidden_layers": 2, "intermediate_size": 64, "projection_dim": 64}
+STAND_IN_MARKER = "moga_test_stand_in"  # metadata key of the placeholder text-encoder files
+
+#: every text a stand-in encoder encoded, in order (tests inspect it)
+ENCODED: list[tuple[str, str]] = []
+
+
+def tiny_vit_h_config() -> str:
+    """Path of a JSON config: ComfyUI's ViT-H config with `TINY_VIT_H` applied."""
+    with open(os.path.join(os.path.dirname(comfy.clip_vision.__file__), "clip_vision_config_h.json")) as f:
+        config = json.load(f)
+    config.update(TINY_VIT_H)
+    with tempfile.NamedTemporaryFile("w", prefix="moga_test_vit_h_", suffix=".json", delete=False) as f:
+        json.dump(config, f)
+    return f.name
+
+
+class StandInTextEncoder:
+    """ComfyUI's CLIP interface as the text nodes use it; deterministic random features per text."""
+
+    def __init__(self, kind: str, width: int = 4096, tokens: int = 16, pooled: bool = False, pad: int = 0):
+        self.kind, self.width, self.tokens, self.pooled, self.pad = kind, width, tokens, pooled, pad
+
+    def tokenize(self, text: str, return_word_ids: bool = False, **kwargs):
+        return {"stand_in": text}
+
+    def encode_from_tokens_scheduled(self, tokens, unprojected: bool = False, add_dict=None, show_pbar=True):
+        text = tokens["stand_in"]
+        ENCODED.append((self.kind, text))
+        seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+        gen = torch.Generator().manual_seed(seed)
+        cond = torch.randn(1, self.tokens, self.width, generator=gen)
+        extras = dict(add_dict or {})
+        if self.pooled:
+            extras["pooled_output"] = torch.randn(1, 768, generator=gen)
+        if self.pad:
+            mask = torch.ones(1, self.tokens, dtype=torch.long)
+            mask[:, -self.pad:] = 0
+            extras["attention_mask"] = mask
+        return [[cond, extras]]
+
+
+def _check_stand_in_file(folder: str, name: str) -> str:
+    path = folder_paths.get_full_path_or_raise(folder, name)
+    _, metadata = comfy.utils.load_torch_file(path, return_metadata=True)
+    if not metadata or STAND_IN_MARKER not in metadata:
+        raise ValueError(f"{path} is not a stand-in file written by the workflow tests")
+    return path
+
+
+class StandInCLIPLoader:
+    """For CLIPLoader (type wan: UMT5-XXL)."""
+
+    INPUT_TYPES = nodes.CLIPLoader.INPUT_TYPES
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load_clip"
+    CATEGORY = "testing"
+
+    def load_clip(self, clip_name, type="stable_diffusion", device="default"):
+        _check_stand_in_file("text_encoders", clip_name)
+        if type != "wan":
+            raise ValueError(f"the stand-in only models UMT5-XXL for Wan (type 'wan'), got {type!r}")
+        return (StandInTextEncoder("umt5xxl"),)
+
+
+class StandInDualCLIPLoader:
+    """For DualCLIPLoader (type hunyuan_video: CLIP-L + LLaVA-Llama-3)."""
+
+    INPUT_TYPES = nodes.DualCLIPLoader.INPUT_TYPES
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load_clip"
+    CATEGORY = "testing"
+
+    def load_clip(self, clip_name1, clip_name2, type, device="default"):
+        for name in (clip_name1, clip_name2):
+            _check_stand_in_file("text_encoders", name)
+        if type != "hunyuan_video":
+            raise ValueError(f"the stand-in only models HunyuanVideo's encoders, got {type!r}")
+        return (StandInTextEncoder("llava_llama3+clip_l", pooled=True, pad=2),)
+
+
+class StandInCLIPVisionLoader:
+    """For CLIPVisionLoader (clip_vision_h: ViT-H/14): the real ClipVisionModel class with a 2-layer config."""
+
+    INPUT_TYPES = nodes.CLIPVisionLoader.INPUT_TYPES
+    RETURN_TYPES = ("CLIP_VISION",)
+    FUNCTION = "load_clip"
+    CATEGORY = "testing"
+
+    def load_clip(self, clip_name):
+        path = folder_paths.get_full_path_or_raise("clip_vision", clip_name)
+        sd = comfy.utils.load_torch_file(path)
+        config = tiny_vit_h_config()
+        try:
+            model = comfy.clip_vision.ClipVisionModel(config)
+        finally:
+            os.unlink(config)
+        missing, unexpected = model.load_sd(sd)
+        if missing or unexpected:
+            raise ValueError(f"tiny CLIP-vision state dict does not fit: missing {missing[:5]}, unexpected "
+                             f"{unexpected[:5]}")
+        return (model,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "StandInCLIPLoader": StandInCLIPLoader,
+    "StandInDualCLIPLoader": StandInDualCLIPLoader,
+    "StandInCLIPVisionLoader": StandInCLIPVisionLoader,
+}

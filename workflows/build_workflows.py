@@ -1,0 +1,938 @@
+"""Builds the example workflows of this folder: UI-format graphs exactly as ComfyUI's frontend (1.42) saves them.
+
+    COMFYUI_PATH=/path/to/ComfyUI python3 workflows/build_workflows.py      # from the pack root
+
+Each workflow below is a short function that places nodes on a grid (``(x, None)``: below what is already in that
+column), wires them and sets the widgets that differ from the node's defaults. Input slots and ``widgets_values``
+are laid out from the live node schemas of the ComfyUI it runs against (the same data as ``/object_info``), in the
+frontend's order: sockets, then one slot per widget; the ``control_after_generate`` value after every seed; the
+upload button of Load Image. So they are right by construction, and frontend 1.42.11, loading these files and
+saving them again, writes the same nodes, links and groups back. ``tests/host/test_workflows.py`` checks that the
+committed JSON files equal this script's output and executes every one of them in ComfyUI's own executor.
+
+Model files are the ones of ComfyUI's repackaged releases (the names the official templates use); the note on each
+canvas says where to download them and which folder they go in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PACK_ROOT = os.path.dirname(HERE)
+FRONTEND_VERSION = "1.42.11"
+COMFY_CORE_VERSION = "0.19.3"
+PACK_ID = "comfyui-moga"
+
+# ---------------------------------------------------------------------------------------------------------------
+# model files (ComfyUI's repackaged releases)
+
+_WAN21 = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+_WAN22 = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files"
+_HV = "https://huggingface.co/Comfy-Org/HunyuanVideo_repackaged/resolve/main/split_files"
+_FLUX_TE = "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main"
+
+#: file name -> (models/ folder, download url)
+MODEL_FILES: dict[str, tuple[str, str]] = {
+    name: (folder, f"{repo}/{folder}/{name}" if repo != _FLUX_TE else f"{repo}/{name}")
+    for repo, folder, name in [
+        (_WAN21, "diffusion_models", "wan2.1_t2v_1.3B_fp16.safetensors"),
+        (_WAN21, "diffusion_models", "wan2.1_t2v_14B_fp8_scaled.safetensors"),
+        (_WAN21, "diffusion_models", "wan2.1_i2v_480p_14B_fp16.safetensors"),
+        (_WAN21, "text_encoders", "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+        (_WAN21, "vae", "wan_2.1_vae.safetensors"),
+        (_WAN21, "clip_vision", "clip_vision_h.safetensors"),
+        (_WAN22, "diffusion_models", "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"),
+        (_WAN22, "diffusion_models", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"),
+        (_WAN22, "diffusion_models", "wan2.2_ti2v_5B_fp16.safetensors"),
+        (_WAN22, "vae", "wan2.2_vae.safetensors"),
+        (_HV, "diffusion_models", "hunyuan_video_t2v_720p_bf16.safetensors"),
+        (_HV, "text_encoders", "llava_llama3_fp8_scaled.safetensors"),
+        (_FLUX_TE, "text_encoders", "clip_l.safetensors"),
+        (_HV, "vae", "hunyuan_video_vae_bf16.safetensors"),
+    ]
+}
+
+# routers written by moga_calibrate_router.json (MoGA Save Router numbers its files: <name>_00001.safetensors)
+CALIBRATED_ROUTER_PREFIX = "wan2.1_t2v_1.3B_calibrated"
+CALIBRATED_ROUTER = f"{CALIBRATED_ROUTER_PREFIX}_00001.safetensors"
+START_IMAGE = "moga_first_frame.png"
+
+WAN_NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+                "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"
+                "杂乱的背景，三条腿，背景人很多，倒着走")
+CALIBRATION_PROMPT = ("A busy city street at golden hour, people walking past shop windows, a cyclist crossing, a dog "
+                      "on a leash, trees moving in the wind, the camera slowly pans right")
+
+POSITIVE_COLORS = {"color": "#232", "bgcolor": "#353"}
+NEGATIVE_COLORS = {"color": "#322", "bgcolor": "#533"}
+MOGA_COLORS = {"color": "#223", "bgcolor": "#335"}
+NOTE_COLORS = {"color": "#432", "bgcolor": "#653"}
+
+# ---------------------------------------------------------------------------------------------------------------
+# the graph model: nodes, links, groups -> the frontend's JSON
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    pos: tuple[float, float]
+    widgets: dict[str, Any]
+    title: str | None = None
+    size: tuple[float, float] | None = None
+    mode: int = 0
+    colors: dict = field(default_factory=dict)
+    control: str = "randomize"  # control_after_generate of the node's seed widget
+    text: str | None = None  # notes
+
+
+@dataclass
+class Link:
+    id: int
+    src: Node
+    output: int | str
+    dst: Node
+    input: str
+
+
+class Graph:
+    """A litegraph graph under construction. ``node()`` places a node, ``link()`` wires an output to an input."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.nodes: list[Node] = []
+        self.links: list[Link] = []
+        self.groups: list[tuple[str, list[Node], str]] = []
+
+    def node(self, type_: str, pos, title=None, size=None, mode=0, colors=None, control="randomize",
+             **widgets) -> Node:
+        node = Node(len(self.nodes) + 1, type_, tuple(pos), widgets, title, size, mode, dict(colors or {}), control)
+        self.nodes.append(node)
+        return node
+
+    def note(self, text: str, pos, size, title=None, markdown=True) -> Node:
+        """A (Markdown) note; ``size`` (width, None) makes it as tall as its text needs."""
+        width, height = size
+        if height is None:
+            per_line = int(width / 5.5)  # characters per line in the note's font
+            lines = sum(max(1, -(-len(line) // per_line)) for line in text.splitlines())
+            height = 60 + 12 * lines
+        node = self.node("MarkdownNote" if markdown else "Note", pos, title=title, size=(width, height),
+                         colors=NOTE_COLORS)
+        node.text = text
+        return node
+
+    def link(self, src: Node, output: int | str, dst: Node, input_: str) -> None:
+        self.links.append(Link(len(self.links) + 1, src, output, dst, input_))
+
+    def group(self, title: str, nodes: list[Node], color: str = "#3f789e") -> None:
+        self.groups.append((title, nodes, color))
+
+    # ---- layout
+    def _place(self, sizes: dict[int, tuple[float, float]]) -> dict[int, tuple[float, float]]:
+        """Positions; a node given ``(x, None)`` goes below the nodes already placed that share its columns."""
+        group_of = {}
+        for i, (_title, members, _color) in enumerate(self.groups):
+            for member in members:
+                group_of.setdefault(member.id, i)
+        placed: dict[int, tuple[float, float]] = {}
+        for node in self.nodes:
+            x, y = node.pos
+            w = sizes[node.id][0]
+            if y is None:
+                y = 0
+                for other_id, (ox, oy) in placed.items():
+                    if ox < x + w and x < ox + sizes[other_id][0]:
+                        same = group_of.get(other_id) == group_of.get(node.id)
+                        y = max(y, oy + sizes[other_id][1] + (60 if same else 130))
+            placed[node.id] = (x, y)
+        return placed
+
+    # ---- serialisation
+    def to_json(self, schemas: dict) -> dict:
+        layouts = {n.id: _NodeLayout(n, schemas) for n in self.nodes if n.text is None}
+        sizes = {n.id: tuple(n.size or layouts[n.id].default_size()) for n in self.nodes}
+        positions = self._place(sizes)
+        in_links: dict[int, list[tuple[Link, int]]] = {n.id: [] for n in self.nodes}
+        out_links: dict[tuple[int, int], list[int]] = {}
+        link_rows = []
+        for link in self.links:  # [id, origin, origin slot, target, target slot, type], as litegraph saves links
+            src, dst = layouts[link.src.id], layouts[link.dst.id]
+            out_slot, out_type = src.output_slot(link.output)
+            dst.connect(link.input, link.id)
+            out_links.setdefault((link.src.id, out_slot), []).append(link.id)
+            in_links[link.dst.id].append((link, out_slot))
+            link_rows.append([link.id, link.src.id, out_slot, link.dst.id, dst.slot_of(link.input), out_type])
+        order = _execution_order(self.nodes, in_links)
+        nodes = []
+        for node in self.nodes:
+            entry: dict[str, Any] = {"id": node.id, "type": node.type, "pos": list(positions[node.id])}
+            if node.text is not None:
+                entry.update(size=list(sizes[node.id]), flags={}, order=order[node.id], mode=0, inputs=[],
+                             outputs=[])
+                if node.title:
+                    entry["title"] = node.title
+                entry.update(properties={}, widgets_values=[node.text])
+            else:
+                layout = layouts[node.id]
+                entry.update(size=list(sizes[node.id]), flags={}, order=order[node.id],
+                             mode=node.mode, inputs=layout.inputs_json(), outputs=layout.outputs_json(out_links))
+                if node.title and node.title != layout.info.get("display_name"):  # the frontend omits the default
+                    entry["title"] = node.title
+                entry.update(properties=layout.properties(), widgets_values=layout.widgets_values())
+            entry.update(node.colors)
+            nodes.append(entry)
+        groups = []
+        for i, (title, members, color) in enumerate(self.groups, start=1):
+            x0 = min(positions[n.id][0] for n in members) - 10
+            y0 = min(positions[n.id][1] for n in members) - 80
+            x1 = max(positions[n.id][0] + sizes[n.id][0] for n in members) + 10
+            y1 = max(positions[n.id][1] + sizes[n.id][1] for n in members) + 10
+            groups.append({"id": i, "title": title, "bounding": [x0, y0, x1 - x0, y1 - y0], "color": color,
+                           "font_size": 24, "flags": {}})
+        min_x = min(p[0] for p in positions.values())
+        min_y = min(p[1] for p in positions.values())
+        return {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"https://github.com/moga-comfyui/ComfyUI-MoGA/{self.name}")),
+            "revision": 0,
+            "last_node_id": max(n.id for n in self.nodes),
+            "last_link_id": max((link.id for link in self.links), default=0),
+            "nodes": nodes,
+            "links": link_rows,
+            "groups": groups,
+            "config": {},
+            "extra": {"ds": {"scale": 0.7, "offset": [-min_x + 90, -min_y + 180]},
+                      "frontendVersion": FRONTEND_VERSION, "workflowRendererVersion": "LG"},
+            "version": 0.4,
+        }
+
+
+_WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def _spec_parts(spec) -> tuple[str, dict, list | None]:
+    head = spec[0]
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if isinstance(head, list):
+        return "COMBO", opts, head
+    return str(head), opts, opts.get("options") if head == "COMBO" else None
+
+
+class _NodeLayout:
+    """One node's input slots and widgets, from its schema, as the frontend (1.42) lays them out and saves them.
+
+    ``inputs`` holds the sockets first (schema order, optional ones with ``shape`` 7), then one slot per widget
+    (``widget: {name}``; a widget converted to an input is linked there), and the image-upload button of media
+    loaders after its combo. Links address these slots by index.
+    """
+
+    def __init__(self, node: Node, schemas: dict):
+        if node.type not in schemas:
+            raise KeyError(f"{node.type} is not a node of this ComfyUI (is the pack loaded?)")
+        self.node, self.info = node, schemas[node.type]
+        sockets: list[dict] = []
+        widget_slots: list[dict] = []
+        self.widgets: list[tuple[str, str, dict, list | None]] = []  # (name, type, options, combo choices)
+        order = self.info.get("input_order") or {}
+        for section in ("required", "optional"):
+            specs = (self.info.get("input") or {}).get(section) or {}
+            for name in order.get(section) or list(specs):
+                typ, opts, choices = _spec_parts(specs[name])
+                is_widget = typ in _WIDGET_TYPES and not opts.get("forceInput")
+                slot = {"localized_name": name, "name": name}
+                if section == "optional":
+                    slot["shape"] = 7
+                slot["type"] = typ
+                if is_widget:
+                    slot["widget"] = {"name": name}
+                slot["link"] = None
+                if is_widget:
+                    self.widgets.append((name, typ, opts, choices))
+                    widget_slots.append(slot)
+                    if typ == "COMBO" and opts.get("image_upload"):
+                        widget_slots.append({"localized_name": "choose file to upload", "name": "upload",
+                                             "type": "IMAGEUPLOAD", "widget": {"name": "upload"}, "link": None})
+                else:
+                    sockets.append(slot)
+        self.slots = sockets + widget_slots
+        widget_names = {w[0] for w in self.widgets}
+        unknown = set(node.widgets) - widget_names
+        if unknown:
+            raise KeyError(f"{node.type} has no widget(s) {sorted(unknown)}; widgets: {sorted(widget_names)}")
+
+    def output_slot(self, output: int | str) -> tuple[int, str]:
+        names, types = self.info["output_name"], self.info["output"]
+        slot = output if isinstance(output, int) else names.index(output)
+        return slot, types[slot]
+
+    def connect(self, name: str, link_id: int) -> None:
+        slot = self.slots[self.slot_of(name)]
+        if slot["link"] is not None:
+            raise ValueError(f"{self.node.type}.{name} is linked twice")
+        slot["link"] = link_id
+
+    def slot_of(self, name: str) -> int:
+        for i, slot in enumerate(self.slots):
+            if slot["name"] == name:
+                return i
+        raise KeyError(f"{self.node.type} has no input {name!r}")
+
+    def inputs_json(self) -> list[dict]:
+        return [dict(s) for s in self.slots]
+
+    def outputs_json(self, out_links) -> list[dict]:
+        outs = []
+        for slot, (name, typ) in enumerate(zip(self.info["output_name"], self.info["output"])):
+            outs.append({"localized_name": name, "name": name, "type": typ,
+                         "links": out_links.get((self.node.id, slot)) or None})
+        return outs
+
+    def widgets_values(self) -> list:
+        values = []
+        for name, typ, opts, choices in self.widgets:
+            value = self.node.widgets[name] if name in self.node.widgets else opts.get("default")
+            if value is None and choices:
+                value = choices[0]
+            if choices and value not in choices and not self._is_file_name(value):
+                raise ValueError(f"{self.node.type}.{name}: {value!r} is not one of {choices}")
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)  # JSON.stringify(5.0) == "5"
+            values.append(value)
+            if typ == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
+                values.append(self.node.control)
+            if typ == "COMBO" and opts.get("image_upload"):
+                values.append("image")  # the upload button's value, as the frontend saves it
+        return values
+
+    @staticmethod
+    def _is_file_name(value) -> bool:  # model/image lists depend on the machine the script runs on
+        return isinstance(value, str) and re.search(r"\.(safetensors|sft|ckpt|pt|pth|bin|gguf|png|jpe?g|webp)$",
+                                                    value) is not None
+
+    def properties(self) -> dict:
+        props = {"Node name for S&R": self.node.type}
+        if self.node.type.startswith("MoGA"):
+            props.update({"cnr_id": PACK_ID, "ver": _pack_version()})
+        else:
+            props.update({"cnr_id": "comfy-core", "ver": COMFY_CORE_VERSION})
+        models = [v for v in self.node.widgets.values() if isinstance(v, str) and v in MODEL_FILES]
+        if models:
+            props["models"] = [{"name": m, "url": MODEL_FILES[m][1], "directory": MODEL_FILES[m][0]} for m in models]
+        return props
+
+    def default_size(self) -> tuple[int, int]:
+        sockets = sum(1 for slot in self.slots if "widget" not in slot)
+        height = 30 + 22 * max(sockets, len(self.info["output"]))
+        width = 320
+        for name, typ, opts, _choices in self.widgets:
+            height += 130 if opts.get("multiline") else 26
+            if typ == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
+                height += 26  # control_after_generate
+            if typ == "COMBO":
+                width = 360
+        return width, height
+
+
+def _execution_order(nodes: list[Node], in_links) -> dict[int, int]:
+    """Litegraph's computeExecutionOrder: nodes without inputs first, then each node after all its sources."""
+    pending = {n.id: len({link.src.id for link, _ in in_links[n.id]}) for n in nodes}
+    consumers: dict[int, set[int]] = {}
+    for n in nodes:
+        for link, _ in in_links[n.id]:
+            consumers.setdefault(link.src.id, set()).add(n.id)
+    ready = [n.id for n in nodes if pending[n.id] == 0]
+    order: dict[int, int] = {}
+    while ready:
+        nid = ready.pop(0)
+        order[nid] = len(order)
+        for c in sorted(consumers.get(nid, ())):
+            pending[c] -= 1
+            if pending[c] == 0:
+                ready.append(c)
+    if len(order) != len(nodes):
+        raise ValueError("the graph has a cycle")
+    return order
+
+
+_VERSION: list[str] = []
+
+
+def _pack_version() -> str:
+    if not _VERSION:
+        with open(os.path.join(PACK_ROOT, "pyproject.toml"), encoding="utf-8") as f:
+            match = re.search(r'^version\s*=\s*"([^"]+)"', f.read(), re.M)
+        _VERSION.append(match.group(1) if match else "0.0.0")
+    return _VERSION[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# notes
+
+
+def files_note(files: list[str], extra: str = "") -> str:
+    """'Model links' note: which files to download and where they go (the official templates' layout)."""
+    by_dir: dict[str, list[str]] = {}
+    for name in files:
+        by_dir.setdefault(MODEL_FILES[name][0] if name in MODEL_FILES else "moga", []).append(name)
+    lines = ["## Model links", ""]
+    for directory in ("diffusion_models", "text_encoders", "clip_vision", "vae"):
+        if directory in by_dir:
+            lines.append(f"**{directory}**")
+            lines.append("")
+            lines += [f"- [{n}]({MODEL_FILES[n][1]})" for n in by_dir[directory]]
+            lines.append("")
+    if extra:
+        lines += [extra, ""]
+    lines += ["Model storage location", "", "```", "📂 ComfyUI/", "├── 📂 models/"]
+    dirs = [d for d in ("diffusion_models", "text_encoders", "clip_vision", "vae", "moga") if d in by_dir]
+    for i, directory in enumerate(dirs):
+        last_dir = i == len(dirs) - 1
+        lines.append(f"│   {'└' if last_dir else '├'}── 📂 {directory}/")
+        for j, name in enumerate(by_dir[directory]):
+            branch = "└" if j == len(by_dir[directory]) - 1 else "├"
+            lines.append(f"│   {' ' if last_dir else '│'}      {branch}── {name}")
+    lines.append("```")
+    return "\n".join(lines)
+
+
+CALIBRATION_NOTE = """## MoGA routers (calibrated here)
+
+**MoGA Calibrate Router** fits MoGA's routers to *your* model without training: a short dense sampling pass
+(`steps`, on the small calibration latent) records each block's tokens and k-means splits them into `groups`
+groups. It runs once; ComfyUI keeps the result while the model, prompt, latent and seed stay the same (the seed
+is *fixed* on purpose).
+
+To skip it in later sessions: run `moga_calibrate_router.json` once (it writes
+`models/moga/wan2.1_t2v_1.3B_calibrated_00001.safetensors`) and replace this node by **MoGA Router Loader**
+(see `moga_load_saved_router.json`).
+
+- **groups** (M): 5 for clips up to ~30 s, 10–20 for a minute."""
+
+MOGA_NOTE = """## MoGA settings
+
+**MoGA Attention Patch** turns the video self-attention of the model sparse: every token attends to the tokens of
+its own group (the router's choice) plus a local neighbourhood.
+
+- **combine** `router default`: calibrated routers use `union` (exact attention over group keys + local keys, for
+  stock weights); `mean` is only for MoGA-trained checkpoints.
+- **windows_h × windows_w**: spatial windows per latent frame of the local branch (2 × 2 as in the paper).
+- **temporal_group**: latent frames per local window (1 latent frame = 4 video frames); restarts at every shot cut.
+- **neighbor_frames**: latent frames of the neighbouring shot that a shot's first and last windows also see
+  (against flicker at cuts).
+- **start_percent 0.2**: the first 20 % of sampling stays dense, which keeps the composition of the stock model.
+- **min_tokens 16384**: shorter sequences stay dense (MoGA pays off from ~5 s of 480p).
+- **dense_blocks**: blocks that never go sparse, e.g. `0,-1`.
+
+**MoGA Long Video Sampler**: the shot plan sets the length and the cut positions; `shift` 8 for 480p Wan,
+5 for 720p; `ffn_chunk_tokens` 0 = automatic memory chunking; `context_frames` > 0 is a windowed fallback for
+GPUs that cannot hold the whole sequence.
+
+**VAE Decode (Tiled)** decodes in temporal tiles (`temporal_size` frames), so long videos fit; lower `tile_size`
+if the decode runs out of memory."""
+
+SHOTS_NOTE = """## Shots
+
+One shot per line: `duration | prompt`. Durations in seconds (`3s`, `2.5`) or frames (`33f`). Each shot's frames
+see only the global prompt and their own caption; cuts are moved to the nearest latent frame (4 video frames) and
+the node's `plan` output reports where they ended up. The sum of the durations sets the video length."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# building blocks shared by the workflows
+
+COL = 440  # column pitch of the layout grid; a node placed at (x, None) goes below what is already in its column
+NOTE_X = -620
+
+
+def wan_loaders(g: Graph, unet: str, vae: str = "wan_2.1_vae.safetensors", x=0):
+    unet_node = g.node("UNETLoader", (x, None), unet_name=unet, weight_dtype="default")
+    clip = g.node("CLIPLoader", (x, None), clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan",
+                  device="default")
+    vae_node = g.node("VAELoader", (x, None), vae_name=vae)
+    return unet_node, clip, vae_node
+
+
+def calibration(g: Graph, model: Node, positive: Node, negative: Node, latent: Node, x, cfg: float,
+                title="MoGA Calibrate Router", latent_output=0, positive_output=0, negative_output=0) -> Node:
+    cal = g.node("MoGACalibrateRouter", (x, None), title=title, colors=MOGA_COLORS, control="fixed", steps=4, cfg=cfg,
+                 sampler_name="euler", scheduler="simple", groups=5, seed=0, tokens_per_block=8192)
+    g.link(model, 0, cal, "model")
+    g.link(positive, positive_output, cal, "positive")
+    g.link(negative, negative_output, cal, "negative")
+    g.link(latent, latent_output, cal, "latent")
+    return cal
+
+
+def moga_apply(g: Graph, model: Node, router: Node, x, title=None, **options) -> Node:
+    node = g.node("MoGAApply", (x, None), title=title, colors=MOGA_COLORS, **options)
+    g.link(model, 0, node, "model")
+    g.link(router, 0, node, "router")
+    return node
+
+
+def decode_and_save(g: Graph, latent: Node, vae: Node, x, fps: float, prefix: str, step: int,
+                    latent_output=0) -> list[Node]:
+    decode = g.node("VAEDecodeTiled", (x, None), tile_size=256, overlap=64, temporal_size=64, temporal_overlap=8)
+    g.link(latent, latent_output, decode, "samples")
+    g.link(vae, 0, decode, "vae")
+    video = g.node("CreateVideo", (x, None), fps=fps)
+    g.link(decode, 0, video, "images")
+    save = g.node("SaveVideo", (x + 380, None), size=(640, 560), filename_prefix=prefix, format="auto", codec="auto")
+    g.link(video, 0, save, "video")
+    g.group(f"Step {step} - Decode and save", [decode, video, save])
+    return [decode, video, save]
+
+
+def long_video_sampler(g: Graph, model: Node, positive, negative: Node, x, shots=None, latent=None, steps=30,
+                       cfg=6.0, shift=8.0, width=832, height=480, length=81, positive_output=0, latent_output=0,
+                       negative_output=0) -> Node:
+    sampler = g.node("MoGALongVideoSampler", (x, None), size=(340, 560), colors=MOGA_COLORS, width=width,
+                     height=height, length=length, seed=0, steps=steps, cfg=cfg, sampler_name="uni_pc",
+                     scheduler="simple", shift=shift, denoise=1.0, ffn_chunk_tokens=0, context_frames=0,
+                     context_overlap=16)
+    g.link(model, 0, sampler, "model")
+    g.link(positive, positive_output, sampler, "positive")
+    g.link(negative, negative_output, sampler, "negative")
+    if shots is not None:
+        g.link(shots, "shots", sampler, "shots")
+    if latent is not None:
+        g.link(latent, latent_output, sampler, "latent")
+    return sampler
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the workflows
+
+
+def wan21_t2v_multishot(name: str, unet: str, shots: str, global_prompt: str, hint: str, size=(832, 480),
+                        prefix="video/MoGA_wan2.1_t2v") -> Graph:
+    g = Graph(name)
+    g.note(files_note([unet, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan_2.1_vae.safetensors"]),
+           (NOTE_X, None), (560, None), title="Model links")
+    g.note(CALIBRATION_NOTE + "\n\n" + hint, (NOTE_X, None), (560, None), title="MoGA routers")
+    unet_node, clip, vae = wan_loaders(g, unet)
+    cal_prompt = g.node("CLIPTextEncode", (0, None), title="Calibration prompt", size=(380, 180),
+                        text=CALIBRATION_PROMPT)
+    g.link(clip, 0, cal_prompt, "clip")
+    cal_latent = g.node("EmptyHunyuanLatentVideo", (0, None), title="Calibration latent (33 frames)",
+                        width=size[0], height=size[1], length=33, batch_size=1)
+    multishot = g.node("MoGAMultiShotPrompt", (COL, None), size=(520, 560), colors=POSITIVE_COLORS, shots=shots,
+                       global_prompt=global_prompt, fps=16.0)
+    g.link(clip, 0, multishot, "clip")
+    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(520, 200),
+                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
+    g.link(clip, 0, negative, "clip")
+    g.note(SHOTS_NOTE, (COL, None), (520, None), title="Shots")
+    x = 2 * COL + 120
+    router = calibration(g, unet_node, cal_prompt, negative, cal_latent, x, cfg=6.0)
+    patched = moga_apply(g, unet_node, router, x)
+    sampler = long_video_sampler(g, patched, multishot, negative, x + 420, shots=multishot, width=size[0],
+                                 height=size[1])
+    decode_and_save(g, sampler, vae, x + 820, fps=16.0, prefix=prefix, step=5)
+    g.note(MOGA_NOTE, (x, None), (880, None), title="MoGA settings")
+    g.group("Step 1 - Load models", [unet_node, clip, vae])
+    g.group("MoGA calibration input (runs once, cached)", [cal_prompt, cal_latent], color="#335")
+    g.group("Step 2 - Shots and negative prompt", [multishot, negative])
+    g.group("Step 3 - MoGA", [router, patched], color="#335")
+    g.group("Step 4 - Sample", [sampler])
+    return g
+
+
+def wan21_t2v_1_3b() -> Graph:
+    shots = ("3s | Wide shot: Mara walks along a rain-soaked harbour pier at dawn, gulls circling above the fishing "
+             "boats rocking in the grey water\n"
+             "3s | Medium shot: Mara stops at a small coffee kiosk and orders, steam rising from the espresso machine, "
+             "warm light inside the kiosk\n"
+             "4s | Close-up: Mara holds the paper cup in both hands and smiles as the sun breaks through the clouds "
+             "behind her")
+    global_prompt = ("Mara, a woman in her thirties with short red hair and a green wool coat. Cinematic, 35 mm film "
+                     "look, soft natural light, muted colours.")
+    return wan21_t2v_multishot("wan2.1_t2v_1.3B_multishot_moga", "wan2.1_t2v_1.3B_fp16.safetensors", shots,
+                               global_prompt, "This workflow: 3 shots, about 10 s (157 frames, 40 latent frames: "
+                               "62,400 tokens at 480p; the multi-shot prompt's `plan` output lists them).",
+                               prefix="video/MoGA_wan2.1_t2v_1.3B")
+
+
+def wan21_t2v_14b() -> Graph:
+    shots = ("3s | Establishing shot: a white lighthouse on a rocky cliff at dusk, waves crashing below, the lamp "
+             "starting to turn\n"
+             "3s | Inside the lighthouse: the old keeper climbs the spiral staircase with an oil lantern, his shadow "
+             "sliding along the curved wall\n"
+             "3s | Close-up: the keeper wipes the great lens with a cloth, the light flaring through the glass\n"
+             "3s | Aerial shot: the beam sweeps across the dark sea as a small fishing boat turns towards the harbour")
+    global_prompt = ("An old lighthouse keeper with a white beard, a navy pea coat and a knitted cap. Cinematic, "
+                     "moody blue-hour light, high detail, 35 mm film grain.")
+    return wan21_t2v_multishot("wan2.1_t2v_14B_multishot_moga", "wan2.1_t2v_14B_fp8_scaled.safetensors", shots,
+                               global_prompt, "This workflow: 4 shots, about 12 s (189 frames, 48 latent frames: "
+                               "74,880 tokens at 480p). For 720p (1280 x 720) set the sampler's shift to 5.",
+                               prefix="video/MoGA_wan2.1_t2v_14B")
+
+
+def wan21_i2v_14b() -> Graph:
+    g = Graph("wan2.1_i2v_14B_moga")
+    unet = "wan2.1_i2v_480p_14B_fp16.safetensors"
+    g.note(files_note([unet, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "clip_vision_h.safetensors",
+                       "wan_2.1_vae.safetensors"],
+                      extra=f"**First frame**: load your own image in *Load Image* (`{START_IMAGE}` is a "
+                            "placeholder name)."),
+           (NOTE_X, None), (560, None), title="Model links")
+    g.note(CALIBRATION_NOTE + "\n\nThis workflow calibrates on the image-to-video conditioning itself (33 frames). "
+                              "121 frames of 480p are 48,360 tokens.", (NOTE_X, None), (560, None),
+           title="MoGA routers")
+    unet_node, clip, vae = wan_loaders(g, unet)
+    clip_vision = g.node("CLIPVisionLoader", (0, None), clip_name="clip_vision_h.safetensors")
+    image = g.node("LoadImage", (0, None), size=(360, 380), image=START_IMAGE)
+    positive = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Positive Prompt)", size=(440, 200),
+                      colors=POSITIVE_COLORS,
+                      text="The woman in the picture turns towards the window and smiles, wind moving her hair, the "
+                           "camera slowly pushes in, soft morning light, cinematic")
+    g.link(clip, 0, positive, "clip")
+    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(440, 200),
+                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
+    g.link(clip, 0, negative, "clip")
+    vision = g.node("CLIPVisionEncode", (COL, None), crop="none")
+    g.link(clip_vision, 0, vision, "clip_vision")
+    g.link(image, 0, vision, "image")
+    i2v = g.node("WanImageToVideo", (COL, None), width=832, height=480, length=121, batch_size=1)
+    cal_i2v = g.node("WanImageToVideo", (COL, None), title="Calibration latent (33 frames)", width=832, height=480,
+                     length=33, batch_size=1)
+    for node in (i2v, cal_i2v):
+        g.link(positive, 0, node, "positive")
+        g.link(negative, 0, node, "negative")
+        g.link(vae, 0, node, "vae")
+        g.link(vision, 0, node, "clip_vision_output")
+        g.link(image, 0, node, "start_image")
+    x = 2 * COL + 40
+    router = calibration(g, unet_node, cal_i2v, cal_i2v, cal_i2v, x, cfg=6.0, positive_output=0, negative_output=1,
+                         latent_output=2)
+    patched = moga_apply(g, unet_node, router, x)
+    sampler = long_video_sampler(g, patched, i2v, i2v, x + 420, latent=i2v, steps=20, positive_output=0,
+                                 negative_output=1, latent_output=2)
+    decode_and_save(g, sampler, vae, x + 820, fps=16.0, prefix="video/MoGA_wan2.1_i2v_14B", step=6)
+    g.note(MOGA_NOTE, (x, None), (880, None), title="MoGA settings")
+    g.group("Step 1 - Load models", [unet_node, clip, vae, clip_vision])
+    g.group("Step 2 - First frame", [image])
+    g.group("Step 3 - Prompt and video size", [positive, negative, vision, i2v, cal_i2v])
+    g.group("Step 4 - MoGA", [router, patched], color="#335")
+    g.group("Step 5 - Sample", [sampler])
+    return g
+
+
+def wan22_a14b_t2v() -> Graph:
+    g = Graph("wan2.2_a14b_t2v_moga")
+    high_name, low_name = ("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
+                           "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors")
+    g.note(files_note([high_name, low_name, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan_2.1_vae.safetensors"]),
+           (NOTE_X, None), (560, None), title="Model links")
+    g.note(CALIBRATION_NOTE + "\n\nWan 2.2 A14B has two experts (high noise for the first half of the steps, low "
+                              "noise for the second); each gets its own routers and its own MoGA patch. This "
+                              "workflow: 3 shots, about 9 s (141 frames, 56,160 tokens at 480p); the multi-shot "
+                              "prompt's `frames` sets the latent's length.", (NOTE_X, None), (560, None),
+           title="MoGA routers")
+    high = g.node("UNETLoader", (0, None), title="Load Diffusion Model (high noise)", unet_name=high_name,
+                  weight_dtype="default")
+    low = g.node("UNETLoader", (0, None), title="Load Diffusion Model (low noise)", unet_name=low_name,
+                 weight_dtype="default")
+    clip = g.node("CLIPLoader", (0, None), clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan",
+                  device="default")
+    vae = g.node("VAELoader", (0, None), vae_name="wan_2.1_vae.safetensors")
+    cal_prompt = g.node("CLIPTextEncode", (0, None), title="Calibration prompt", size=(380, 180),
+                        text=CALIBRATION_PROMPT)
+    g.link(clip, 0, cal_prompt, "clip")
+    cal_latent = g.node("EmptyHunyuanLatentVideo", (0, None), title="Calibration latent (33 frames)", width=832,
+                        height=480, length=33, batch_size=1)
+    shots_text = ("3s | Wide shot: a red vintage convertible drives along a coastal road between cliffs and a "
+                  "turquoise sea, late afternoon\n"
+                  "3s | Inside the car: the driver, a young man with sunglasses, laughs and turns up the radio, his "
+                  "passenger's scarf fluttering\n"
+                  "3s | The car parks at a viewpoint; the two friends step out and look at the sunset over the sea")
+    multishot = g.node("MoGAMultiShotPrompt", (COL, None), size=(520, 560), colors=POSITIVE_COLORS,
+                       shots=shots_text, global_prompt="Two friends in their twenties on a summer road trip. "
+                                                       "Cinematic, warm golden light, 35 mm film look.", fps=16.0)
+    g.link(clip, 0, multishot, "clip")
+    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(520, 200),
+                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
+    g.link(clip, 0, negative, "clip")
+    latent = g.node("EmptyHunyuanLatentVideo", (COL, None), width=832, height=480, length=81, batch_size=1)
+    g.link(multishot, "frames", latent, "length")
+    x = 2 * COL + 120
+    experts = ((high, "high"), (low, "low"))
+    routers = [calibration(g, expert, cal_prompt, negative, cal_latent, x, cfg=3.5,
+                           title=f"MoGA Calibrate Router ({which} noise)") for expert, which in experts]
+    applied, shifted = [], []
+    for (expert, which), router in zip(experts, routers):
+        node = moga_apply(g, expert, router, x + 400, title=f"MoGA Attention Patch ({which} noise)")
+        g.link(multishot, "shots", node, "shots")
+        shift = g.node("ModelSamplingSD3", (x + 800, None), title=f"ModelSamplingSD3 ({which} noise)", shift=5.0)
+        g.link(node, 0, shift, "model")
+        applied.append(node)
+        shifted.append(shift)
+    first = g.node("KSamplerAdvanced", (x + 1180, None), title="KSampler (Advanced) - high noise", size=(340, 580),
+                   add_noise="enable", noise_seed=0, steps=20, cfg=3.5, sampler_name="euler", scheduler="simple",
+                   start_at_step=0, end_at_step=10, return_with_leftover_noise="enable")
+    second = g.node("KSamplerAdvanced", (x + 1560, None), title="KSampler (Advanced) - low noise", size=(340, 580),
+                    control="fixed", add_noise="disable", noise_seed=0, steps=20, cfg=3.5, sampler_name="euler",
+                    scheduler="simple", start_at_step=10, end_at_step=10000, return_with_leftover_noise="disable")
+    for sampler, model in ((first, shifted[0]), (second, shifted[1])):
+        g.link(model, 0, sampler, "model")
+        g.link(multishot, "positive", sampler, "positive")
+        g.link(negative, 0, sampler, "negative")
+    g.link(latent, 0, first, "latent_image")
+    g.link(first, 0, second, "latent_image")
+    decode_and_save(g, second, vae, x + 1940, fps=16.0, prefix="video/MoGA_wan2.2_t2v_A14B", step=5)
+    g.note(MOGA_NOTE + "\n\nHere the shot plan also goes to both MoGA patches (`shots`), so the negative prompt's "
+                       "local windows break at the cuts too.", (x, None), (1100, None), title="MoGA settings")
+    g.group("Step 1 - Load models", [high, low, clip, vae])
+    g.group("MoGA calibration input (runs once, cached)", [cal_prompt, cal_latent], color="#335")
+    g.group("Step 2 - Shots, negative prompt, video size", [multishot, negative, latent])
+    g.group("Step 3 - MoGA on both experts", routers + applied + shifted, color="#335")
+    g.group("Step 4 - Two-stage sampling", [first, second])
+    return g
+
+
+def wan22_ti2v_5b() -> Graph:
+    g = Graph("wan2.2_ti2v_5B_moga")
+    unet = "wan2.2_ti2v_5B_fp16.safetensors"
+    g.note(files_note([unet, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan2.2_vae.safetensors"],
+                      extra="**Image to video**: select *Load Image* and press Ctrl + B to enable it (bypassed = "
+                            "text to video)."),
+           (NOTE_X, None), (560, None), title="Model links")
+    g.note(CALIBRATION_NOTE + "\n\nThis workflow: one 10 s shot at 24 fps (241 frames at 1280 x 704: 53,680 tokens; "
+                              "the 5B model's latent has 48 channels and 16x spatial compression).",
+           (NOTE_X, None), (560, None), title="MoGA routers")
+    unet_node, clip, vae = wan_loaders(g, unet, vae="wan2.2_vae.safetensors")
+    image = g.node("LoadImage", (0, None), size=(360, 380), mode=4, image=START_IMAGE)
+    positive = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Positive Prompt)", size=(440, 220),
+                      colors=POSITIVE_COLORS,
+                      text="A street musician plays a cello in a snowy town square at night, warm light from the "
+                           "shop windows, passers-by stop to listen, snowflakes drifting, the camera slowly circles "
+                           "around him, cinematic")
+    g.link(clip, 0, positive, "clip")
+    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(440, 200),
+                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
+    g.link(clip, 0, negative, "clip")
+    latent = g.node("Wan22ImageToVideoLatent", (COL, None), width=1280, height=704, length=241, batch_size=1)
+    cal_latent = g.node("Wan22ImageToVideoLatent", (COL, None), title="Calibration latent (33 frames)", width=1280,
+                        height=704, length=33, batch_size=1)
+    for node in (latent, cal_latent):
+        g.link(vae, 0, node, "vae")
+        g.link(image, 0, node, "start_image")
+    x = 2 * COL + 40
+    router = calibration(g, unet_node, positive, negative, cal_latent, x, cfg=5.0)
+    patched = moga_apply(g, unet_node, router, x)
+    sampler = long_video_sampler(g, patched, positive, negative, x + 420, latent=latent, steps=20, cfg=5.0,
+                                 width=1280, height=704, length=241)
+    decode_and_save(g, sampler, vae, x + 820, fps=24.0, prefix="video/MoGA_wan2.2_ti2v_5B", step=5)
+    g.note(MOGA_NOTE, (x, None), (880, None), title="MoGA settings")
+    g.group("Step 1 - Load models", [unet_node, clip, vae])
+    g.group("For image to video, Ctrl + B to enable", [image])
+    g.group("Step 2 - Prompt and video size", [positive, negative, latent, cal_latent])
+    g.group("Step 3 - MoGA", [router, patched], color="#335")
+    g.group("Step 4 - Sample", [sampler])
+    return g
+
+
+def hunyuan_t2v_multishot() -> Graph:
+    g = Graph("hunyuanvideo_t2v_multishot_moga")
+    unet = "hunyuan_video_t2v_720p_bf16.safetensors"
+    g.note(files_note([unet, "clip_l.safetensors", "llava_llama3_fp8_scaled.safetensors",
+                       "hunyuan_video_vae_bf16.safetensors"],
+                      extra="Select an fp8 `weight_dtype` in *Load Diffusion Model* if you run out of memory."),
+           (NOTE_X, None), (560, None), title="Model links")
+    g.note(CALIBRATION_NOTE + "\n\nHunyuanVideo is guidance-distilled: cfg 1 (the negative is not used), guidance 6 "
+                              "through FluxGuidance. This workflow: 3 shots, about 6 s at 24 fps (141 frames, "
+                              "57,240 tokens at 848 x 480).", (NOTE_X, None), (560, None), title="MoGA routers")
+    unet_node = g.node("UNETLoader", (0, None), unet_name=unet, weight_dtype="default")
+    clip = g.node("DualCLIPLoader", (0, None), clip_name1="clip_l.safetensors",
+                  clip_name2="llava_llama3_fp8_scaled.safetensors", type="hunyuan_video", device="default")
+    vae = g.node("VAELoader", (0, None), vae_name="hunyuan_video_vae_bf16.safetensors")
+    cal_prompt = g.node("CLIPTextEncode", (0, None), title="Calibration prompt", size=(380, 180),
+                        text=CALIBRATION_PROMPT)
+    g.link(clip, 0, cal_prompt, "clip")
+    cal_guidance = g.node("FluxGuidance", (0, None), guidance=6.0)
+    g.link(cal_prompt, 0, cal_guidance, "conditioning")
+    cal_latent = g.node("EmptyHunyuanLatentVideo", (0, None), title="Calibration latent (33 frames)", width=848,
+                        height=480, length=33, batch_size=1)
+    shots_text = ("2s | A small wooden rowing boat glides across a misty mountain lake at sunrise, wide shot\n"
+                  "2s | Medium shot: the girl in the boat pulls the oars, ripples spreading on the calm water\n"
+                  "2s | Close-up: she lets go of the oars and watches a heron take off from the reeds")
+    multishot = g.node("MoGAMultiShotPrompt", (COL, None), size=(520, 560), colors=POSITIVE_COLORS,
+                       shots=shots_text, global_prompt="A girl of about ten with a yellow raincoat and braided "
+                                                       "hair. Cinematic, soft diffuse light, high detail.", fps=24.0)
+    g.link(clip, 0, multishot, "clip")
+    guidance = g.node("FluxGuidance", (COL, None), colors=POSITIVE_COLORS, guidance=6.0)
+    g.link(multishot, "positive", guidance, "conditioning")
+    negative = g.node("ConditioningZeroOut", (COL, None), title="Negative (unused at cfg 1)")
+    g.link(multishot, "positive", negative, "conditioning")
+    latent = g.node("EmptyHunyuanLatentVideo", (COL, None), width=848, height=480, length=73, batch_size=1)
+    g.link(multishot, "frames", latent, "length")
+    x = 2 * COL + 120
+    router = calibration(g, unet_node, cal_guidance, negative, cal_latent, x, cfg=1.0)
+    patched = moga_apply(g, unet_node, router, x)
+    shift = g.node("ModelSamplingSD3", (x + 420, None), shift=7.0)
+    g.link(patched, 0, shift, "model")
+    guider = g.node("MoGALongVideoGuider", (x + 420, None), colors=MOGA_COLORS, cfg=1.0, ffn_chunk_tokens=0,
+                    context_frames=0, context_overlap=16)
+    g.link(shift, 0, guider, "model")
+    g.link(guidance, 0, guider, "positive")
+    g.link(negative, 0, guider, "negative")
+    g.link(multishot, "shots", guider, "shots")
+    noise = g.node("RandomNoise", (x + 420, None), colors={"color": "#2a363b", "bgcolor": "#3f5159"}, noise_seed=1)
+    sampler_select = g.node("KSamplerSelect", (x + 420, None), sampler_name="euler")
+    scheduler = g.node("BasicScheduler", (x + 420, None), scheduler="simple", steps=20, denoise=1.0)
+    g.link(shift, 0, scheduler, "model")
+    sample = g.node("SamplerCustomAdvanced", (x + 820, None), size=(320, 160))
+    g.link(noise, 0, sample, "noise")
+    g.link(guider, 0, sample, "guider")
+    g.link(sampler_select, 0, sample, "sampler")
+    g.link(scheduler, 0, sample, "sigmas")
+    g.link(latent, 0, sample, "latent_image")
+    decode_and_save(g, sample, vae, x + 1200, fps=24.0, prefix="video/MoGA_hunyuan_video", step=5)
+    g.note(MOGA_NOTE + "\n\nHere the sampler is split as in the HunyuanVideo template: **MoGA Long Video Guider** "
+                       "(CFG, memory chunking, shot plan) plugs into SamplerCustomAdvanced.",
+           (x, None), (1100, None), title="MoGA settings")
+    g.group("Step 1 - Load models", [unet_node, clip, vae])
+    g.group("MoGA calibration input (runs once, cached)", [cal_prompt, cal_guidance, cal_latent], color="#335")
+    g.group("Step 2 - Shots and video size", [multishot, guidance, negative, latent])
+    g.group("Step 3 - MoGA", [router, patched], color="#335")
+    g.group("Step 4 - Custom sampler", [shift, guider, noise, sampler_select, scheduler, sample])
+    return g
+
+
+def calibrate_router() -> Graph:
+    g = Graph("moga_calibrate_router")
+    unet = "wan2.1_t2v_1.3B_fp16.safetensors"
+    g.note(files_note([unet, "umt5_xxl_fp8_e4m3fn_scaled.safetensors"]), (NOTE_X, None), (560, None),
+           title="Model links")
+    unet_node = g.node("UNETLoader", (0, None), unet_name=unet, weight_dtype="default")
+    clip = g.node("CLIPLoader", (0, None), clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan",
+                  device="default")
+    positive = g.node("CLIPTextEncode", (COL, None), title="Calibration prompt", size=(440, 200),
+                      colors=POSITIVE_COLORS, text=CALIBRATION_PROMPT)
+    g.link(clip, 0, positive, "clip")
+    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(440, 200),
+                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
+    g.link(clip, 0, negative, "clip")
+    latent = g.node("EmptyHunyuanLatentVideo", (COL, None), width=832, height=480, length=33, batch_size=1)
+    x = 2 * COL + 60
+    router = calibration(g, unet_node, positive, negative, latent, x, cfg=6.0)
+    save = g.node("MoGASaveRouter", (x, None), colors=MOGA_COLORS, filename=CALIBRATED_ROUTER_PREFIX)
+    g.link(router, 0, save, "router")
+    g.note(f"""## Calibrate once, load later
+
+This workflow fits MoGA routers for **Wan 2.1 T2V 1.3B** and saves them as
+`models/moga/{CALIBRATED_ROUTER}` (MoGA Save Router numbers its files, so a second run writes `_00002`).
+`moga_load_saved_router.json` loads that file.
+
+For another model, load it in *Load Diffusion Model* (and its text encoder) and change `filename`, e.g.
+`wan2.1_t2v_14B_calibrated`; routers only fit the model they were calibrated on (the loader checks width and
+block count).
+
+- **steps**: sampling steps of the dense calibration pass; tokens of all steps are used.
+- **groups** (M): 5 for clips up to ~30 s, 10–20 for a minute.
+- **tokens_per_block**: tokens per block kept for k-means (CPU memory: tokens x width x 2 bytes per block).
+- The calibration latent can be shorter than your videos: the routers do not depend on the length.""",
+           (x + 420, None), (600, None), title="MoGA routers")
+    g.group("Step 1 - Load models", [unet_node, clip])
+    g.group("Step 2 - Calibration prompt and size", [positive, negative, latent])
+    g.group("Step 3 - Calibrate and save", [router, save], color="#335")
+    return g
+
+
+def load_saved_router() -> Graph:
+    g = Graph("moga_load_saved_router")
+    unet = "wan2.1_t2v_1.3B_fp16.safetensors"
+    g.note(files_note([unet, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan_2.1_vae.safetensors",
+                       CALIBRATED_ROUTER],
+                      extra=f"**moga**: `{CALIBRATED_ROUTER}` is written by `moga_calibrate_router.json` (run it "
+                            "once)."),
+           (NOTE_X, None), (560, None), title="Model links")
+    unet_node, clip, vae = wan_loaders(g, unet)
+    router = g.node("MoGALoadRouter", (0, None), colors=MOGA_COLORS, router_name=CALIBRATED_ROUTER)
+    positive = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Positive Prompt)", size=(440, 200),
+                      colors=POSITIVE_COLORS,
+                      text="A fox trots through a snowy birch forest in the morning, sunbeams between the trees, "
+                           "tracking shot, cinematic")
+    g.link(clip, 0, positive, "clip")
+    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(440, 200),
+                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
+    g.link(clip, 0, negative, "clip")
+    latent = g.node("EmptyHunyuanLatentVideo", (COL, None), width=832, height=480, length=161, batch_size=1)
+    x = 2 * COL + 60
+    patched = moga_apply(g, unet_node, router, x)
+    shift = g.node("ModelSamplingSD3", (x, None), shift=8.0)
+    g.link(patched, 0, shift, "model")
+    sampler = g.node("KSampler", (x + 420, None), size=(340, 480), seed=0, steps=30, cfg=6.0,
+                     sampler_name="uni_pc", scheduler="simple", denoise=1.0)
+    g.link(shift, 0, sampler, "model")
+    g.link(positive, 0, sampler, "positive")
+    g.link(negative, 0, sampler, "negative")
+    g.link(latent, 0, sampler, "latent_image")
+    decode_and_save(g, sampler, vae, x + 820, fps=16.0, prefix="video/MoGA_wan2.1_t2v_1.3B", step=5)
+    g.note(MOGA_NOTE + "\n\n**MoGA Router Loader** reads routers from `models/moga/`; MoGA works with the stock "
+                       "KSampler as well (here: 10 s, one prompt, 63,960 tokens at 480p).", (x, None), (880, None),
+           title="MoGA settings")
+    g.group("Step 1 - Load models and routers", [unet_node, clip, vae, router])
+    g.group("Step 2 - Prompt and video size", [positive, negative, latent])
+    g.group("Step 3 - MoGA", [patched, shift], color="#335")
+    g.group("Step 4 - Sample", [sampler])
+    return g
+
+
+WORKFLOWS = {
+    "wan2.1_t2v_1.3B_multishot_moga": wan21_t2v_1_3b,
+    "wan2.1_t2v_14B_multishot_moga": wan21_t2v_14b,
+    "wan2.1_i2v_14B_moga": wan21_i2v_14b,
+    "wan2.2_a14b_t2v_moga": wan22_a14b_t2v,
+    "wan2.2_ti2v_5B_moga": wan22_ti2v_5b,
+    "hunyuanvideo_t2v_multishot_moga": hunyuan_t2v_multishot,
+    "moga_calibrate_router": calibrate_router,
+    "moga_load_saved_router": load_saved_router,
+}
+
+
+def build_all(schemas: dict) -> dict[str, dict]:
+    """{file name: workflow JSON} for every example workflow."""
+    return {f"{name}.json": make().to_json(schemas) for name, make in WORKFLOWS.items()}
+
+
+def dumps(workflow: dict) -> str:
+    return json.dumps(workflow, indent=2, ensure_ascii=False) + "\n"
+
+
+def _load_host_schemas() -> dict:
+    """Node schemas of a real ComfyUI with this pack loaded (as custom_nodes/ComfyUI-MoGA)."""
+    import asyncio
+    import tempfile
+
+    sys.path.insert(0, os.path.join(PACK_ROOT, "tests"))
+    import workflow_tools
+
+    nodes = workflow_tools.init_comfyui(workflow_tools.find_comfyui(PACK_ROOT))
+    link_dir = tempfile.mkdtemp(prefix="moga_build_")
+    link = os.path.join(link_dir, "ComfyUI-MoGA")
+    os.symlink(PACK_ROOT, link, target_is_directory=True)
+    if not asyncio.run(nodes.load_custom_node(link)):
+        raise RuntimeError("ComfyUI could not load the pack")
+    return workflow_tools.node_schemas_from_comfy()
+
+
+def main() -> None:
+    schemas = _load_host_schemas()
+    for file_name, workflow in build_all(schemas).items():
+        path = os.path.join(HERE, file_name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(dumps(workflow))
+        print(f"wrote {os.path.relpath(path, PACK_ROOT)} ({len(workflow['nodes'])} nodes, "
+              f"{len(workflow['links'])} links)")
+
+
+if __name__ == "__main__":
+    main()
