@@ -265,6 +265,24 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
 # the definition
 
 
+def window_key_mask(layout: VideoLayout, cfg: MogaConfig, queries: torch.Tensor) -> torch.Tensor:
+    """Boolean (len(queries), Nv): the video keys of each query's window block (own temporal group and its
+    neighbour frames, same spatial window). ``queries`` are video-token indices."""
+    t_len, hh, ww = layout.grid
+    device = queries.device
+    frame_of = torch.arange(t_len, device=device).repeat_interleave(hh * ww)
+    win = torch.as_tensor(window_of_rows_cols(hh, ww, cfg.window).reshape(-1), device=device).repeat(t_len)
+    groups_t = temporal_groups(layout, cfg.temporal_group, cfg.neighbor_frames)
+    allowed = torch.zeros(len(groups_t), t_len, dtype=torch.bool, device=device)
+    tg_of_frame = torch.empty(t_len, dtype=torch.long, device=device)
+    for i, g in enumerate(groups_t):
+        allowed[i, g.frames[0]:g.frames[1]] = True
+        allowed[i, list(g.neighbors)] = True
+        tg_of_frame[g.frames[0]:g.frames[1]] = i
+    same_window = win[queries][:, None] == win[None, :]
+    return same_window & allowed[tg_of_frame[frame_of[queries]]][:, frame_of]
+
+
 def branch_masks(layout: VideoLayout, cfg: MogaConfig, groups_row: torch.Tensor) -> dict[str, torch.Tensor]:
     """Boolean (Nv, N) key masks of one sample's video queries: ``group``, ``window``, ``frame``, ``global``."""
     t_len, hh, ww = layout.grid
@@ -281,16 +299,7 @@ def branch_masks(layout: VideoLayout, cfg: MogaConfig, groups_row: torch.Tensor)
 
     masks["group"] = full(groups_row[:, None] == groups_row[None, :])
     if cfg.window is not None:
-        win = torch.as_tensor(window_of_rows_cols(hh, ww, cfg.window).reshape(-1), device=device).repeat(t_len)
-        groups_t = temporal_groups(layout, cfg.temporal_group, cfg.neighbor_frames)
-        allowed = torch.zeros(len(groups_t), t_len, dtype=torch.bool, device=device)
-        tg_of_frame = torch.empty(t_len, dtype=torch.long, device=device)
-        for i, g in enumerate(groups_t):
-            allowed[i, g.frames[0]:g.frames[1]] = True
-            allowed[i, list(g.neighbors)] = True
-            tg_of_frame[g.frames[0]:g.frames[1]] = i
-        same_window = win[:, None] == win[None, :]
-        masks["window"] = full(same_window & allowed[tg_of_frame[frame_of]][:, frame_of])
+        masks["window"] = full(window_key_mask(layout, cfg, torch.arange(nv, device=device)))
     if cfg.frame_branch:
         masks["frame"] = full(frame_of[:, None] == frame_of[None, :])
     glob = torch.zeros(nv, n, dtype=torch.bool, device=device)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .config import MogaConfig, VideoLayout, check_config_for_layout
-from .plan import temporal_groups, window_of_rows_cols
+from .attention import window_key_mask
 from .router import Router
 
 
@@ -62,16 +62,7 @@ def local_key_mask(layout: VideoLayout, cfg: MogaConfig, query_index: torch.Tens
     if cfg.frame_branch:
         video |= q_frame[:, None] == frame_of[None, :]
     if cfg.window is not None:
-        win = torch.as_tensor(window_of_rows_cols(hh, ww, cfg.window).reshape(-1), device=device).repeat(t_len)
-        groups_t = temporal_groups(layout, cfg.temporal_group, cfg.neighbor_frames)
-        allowed = torch.zeros(len(groups_t), t_len, dtype=torch.bool, device=device)
-        tg_of_frame = torch.empty(t_len, dtype=torch.long, device=device)
-        for i, g in enumerate(groups_t):
-            allowed[i, g.frames[0]:g.frames[1]] = True
-            allowed[i, list(g.neighbors)] = True
-            tg_of_frame[g.frames[0]:g.frames[1]] = i
-        same_window = win[qi][:, None] == win[None, :]
-        video |= same_window & allowed[tg_of_frame[q_frame]][:, frame_of]
+        video |= window_key_mask(layout, cfg, qi)
     mask[:, p:p + nv] = video
     return mask
 
