@@ -131,12 +131,6 @@ def _global_term(q, k, v, layout, glob_idx, keep, scale):
 # the fast path
 
 
-def _inverse(order: torch.Tensor) -> torch.Tensor:
-    inv = torch.empty_like(order)
-    inv[order] = torch.arange(order.numel(), device=order.device, dtype=order.dtype)
-    return inv
-
-
 def _run_term(term: Term, qf, kf, vf, scale, need_lse, backend):
     """Attention of one term, returned in video-token order: (B·Nv, H, D), (B·Nv, H) or None."""
     prob = term.problem
@@ -149,7 +143,7 @@ def _run_term(term: Term, qf, kf, vf, scale, need_lse, backend):
         vp = vf.index_select(0, k_index)
     out, lse = segmented_attention(qp, kp, vp, prob, scale, need_lse, backend)
     if term.out_index is not None:
-        inv = _inverse(term.out_index)
+        inv = term.inverse()
         out = out.index_select(0, inv)
         lse = lse.index_select(0, inv) if lse is not None else None
     return out, lse

@@ -152,6 +152,15 @@ class Term:
     problem: SegmentedProblem
     out_index: torch.Tensor | None  # (Lq,) video-flat rows; None = identity (already in token order)
     sign: float = 1.0
+    _inverse: torch.Tensor | None = None
+
+    def inverse(self) -> torch.Tensor:
+        """The permutation back to token order (computed once; static terms are reused across calls)."""
+        if self._inverse is None:
+            inv = torch.empty_like(self.out_index)
+            inv[self.out_index] = torch.arange(self.out_index.numel(), device=inv.device, dtype=inv.dtype)
+            self._inverse = inv
+        return self._inverse
 
 
 def _batch_rows(rel: np.ndarray, batch: int, stride: int, offset: int) -> np.ndarray:

@@ -143,10 +143,6 @@ def _decode_metadata(raw: dict) -> dict:
     return out
 
 
-def is_router_key(key: str) -> bool:
-    return _KEY.match(key) is not None
-
-
 def split_checkpoint(sd: dict, num_double_blocks: int | None = None) -> tuple[dict, dict[int, dict]]:
     """Split a MoGA checkpoint state dict -> (model state dict without router keys, {block: {weight, bias}}).
 

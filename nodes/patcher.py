@@ -22,7 +22,7 @@ import logging
 import re
 import threading
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -127,7 +127,6 @@ class GroupMapProbe:
 
 @dataclass
 class ForwardInfo:
-    grid: tuple[int, int, int] | None
     sparse: bool  # inside [start_percent, end_percent]
     shots: tuple[int, ...]  # latent-frame shot starts of the whole video
     facts: dict = field(default_factory=dict)
@@ -204,8 +203,6 @@ class MogaPatch:
         if not isinstance(to, dict):
             return executor(*args, **kwargs)
         facts = self.adapter.forward_info(args, kwargs)
-        x_shape = facts.get("x_shape")
-        grid = self.adapter.grid(x_shape, {}) if x_shape is not None and len(x_shape) == 5 else None
         plan = plan_of(to)
         if plan is not None:
             shots = plan.latent_starts
@@ -219,7 +216,7 @@ class MogaPatch:
             if sigmas is not None:
                 self.stats["sigmas"].append(float(sigmas.reshape(-1)[0]))
         infos = dict(to.get(FORWARD) or {})
-        infos[id(self)] = ForwardInfo(grid, sparse, tuple(shots), facts, plan)
+        infos[id(self)] = ForwardInfo(sparse, tuple(shots), facts, plan)
         to[FORWARD] = infos
         if self.routers is not None:
             current = to.get(OVERRIDE)
@@ -266,7 +263,8 @@ class MogaPatch:
                 return self._dense("dense block")
             if not info.sparse:
                 return self._dense("outside start/end percent")
-        grid = self.adapter.grid(info.facts.get("x_shape"), to) if info.grid is not None else None
+        x_shape = info.facts.get("x_shape")
+        grid = self.adapter.grid(x_shape, to) if x_shape is not None and len(x_shape) == 5 else None
         if grid is None:
             return self._dense("no video grid")
         nv = grid[0] * grid[1] * grid[2]
@@ -498,6 +496,3 @@ def check_routers(adapter: ModelAdapter, routers: RouterSet, model_patcher=None,
         raise ValueError(f"the {source} does not fit this {adapter.display_name} model ({name}): "
                          + "; ".join(problems))
 
-
-def with_options(patch_options: PatchOptions, **changes) -> PatchOptions:
-    return replace(patch_options, **changes)

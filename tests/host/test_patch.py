@@ -233,10 +233,13 @@ def test_chains_with_another_override_in_both_orders(moga):
     assert len(seen) == 2 * STEPS
 
     # re-applying MoGA replaces the first patch instead of stacking two
+    first_run = patch.last_run_stats
     again, patch2 = patched(moga, clone, m=2)
     ksample(again, pos, neg, latent)
     assert sum(patch2.last_run_stats["sparse_calls"].values()) == 2 * STEPS
-    assert not patch.last_run_stats or patch.last_run_stats is not patch2.last_run_stats
+    assert patch.last_run_stats is first_run  # the replaced patch took no part in the new run
+    override = again.model_options["transformer_options"]["optimized_attention_override"]
+    assert override._moga_patch is patch2 and getattr(override._moga_previous, "_moga_patch", None) is None
 
 
 def test_lora_patched_model_composes(moga):
