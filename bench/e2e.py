@@ -1,12 +1,22 @@
 """End to end on a GPU: one denoising step (cond + uncond) of a random-weight ComfyUI WanModel through
 MoGALongVideoSampler, MoGA-patched vs unpatched, with step time and peak GPU memory.
 
-    COMFYUI_PATH=/path/to/ComfyUI python bench/e2e.py --out results/e2e.json [--cases 1.3b:32760,1.3b:187200,...]
+    COMFYUI_PATH=/path/to/ComfyUI python bench/e2e.py --out results/e2e.json \
+        [--cases 1.3b:187200,1.3b:580320,...] [--routers calibrated,skewed] [--capacity 1.25]
 
 The model is ComfyUI's own WanModel class with the Wan 2.1 1.3B (or 14B) shapes and random weights, loaded through
 comfy.sd.load_diffusion_model_state_dict; conditioning is random UMT5-shaped (1, 512, 4096) text for both prompts
-(same length, so ComfyUI batches cond and uncond as B = 2, as it does for real prompts padded to 512). Routers are
-random linear routers with balanced routing (timings do not depend on what the groups mean). Reports, never asserts.
+(same length, so ComfyUI batches cond and uncond as B = 2, as it does for real prompts padded to 512).
+
+Routers, as users get them:
+- ``calibrated``: the pack's own calibration (`nodes.calibrate.calibrate`, what MoGACalibrateRouter runs): k-means on
+  the model's router inputs of a short dense pass over a 33-frame latent of the same frame size;
+- ``skewed``: random linear routers — groups as unequal as a router that does not fit the video gives;
+- ``balanced``: random routers with capacity 1.0 (the old fast setting).
+The patch uses the node's defaults (combine union, capacity, local branches) except ``start_percent = 0`` so that
+the one timed step is sparse; the 30-step projection applies the default dense warm-up (start_percent 0.2, i.e.
+the first 6 of 30 steps dense). Each MoGA case is run twice: cold (the first call at this length, kernel
+compilation included) and warm. Reports, never asserts.
 """
 
 from __future__ import annotations
@@ -97,8 +107,12 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--cases", default="1.3b:32760,1.3b:187200,1.3b:580320")
     p.add_argument("--dense-max-tokens", type=int, default=187200, help="skip the unpatched run above this")
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--combine", default="mean")
+    p.add_argument("--min-tokens", type=int, default=16384, help="the patch's min_tokens (the node default)")
+    p.add_argument("--combine", default="union")
+    p.add_argument("--routers", default="calibrated,skewed", help="comma list of: calibrated, skewed, balanced")
+    p.add_argument("--capacity", default="1.25", help="routing capacity ('none' = unbounded groups)")
+    p.add_argument("--warmup-steps", type=float, default=0.2,
+                   help="the dense warm-up (start_percent) of the 30-step projection")
     args = p.parse_args()
     mods = init_comfyui(os.environ["COMFYUI_PATH"])
     core, routers_mod, patcher, long_video = (mods[k] for k in ("moga_core", "moga_core.routers", "nodes.patcher",
@@ -109,6 +123,8 @@ def main():
     neg = [[torch.randn(1, 512, 4096, generator=gen), {}]]
     results = []
     models = {}
+    calibrate = importlib.import_module(mods["nodes.patcher"].__name__.rsplit(".", 1)[0] + ".calibrate").calibrate
+    capacity = None if args.capacity == "none" else float(args.capacity)
     for case in args.cases.split(","):
         shape, tokens = case.split(":")
         tokens = int(tokens)
@@ -125,45 +141,70 @@ def main():
         size = dict(width=832, height=480) if shape != "tiny" else dict(width=64, height=64)
         groups = 20 if tokens > 300000 else 5
         dim, _, layers = SHAPES[shape]
-        rs = routers_mod.RouterSet({i: core.Router(dim, groups) for i in range(layers)}, "wan", dim, layers,
-                                   combine=args.combine)
-        patched = model.clone()
-        patcher.install(patched, rs, patcher.PatchOptions(start_percent=0.0, min_tokens=0, balanced=True))
         common = dict(positive=pos, negative=neg, **size, length=frames, seed=0, steps=1, cfg=5.0,
                       sampler_name="euler", scheduler="simple", shift=0.0, denoise=1.0, ffn_chunk_tokens=0,
                       context_frames=0, context_overlap=0)
-        # warm-up at a small size (loads weights, builds kernels)
-        sampler.execute(model=patched, **dict(common, length=9))
-        row = {"model": f"Wan {shape} shape (random weights)", "tokens": tokens, "frames": frames, "groups": groups,
-               "combine": args.combine, "balanced": True,
-               "device": torch.cuda.get_device_name(0) if CUDA else "cpu",
-               "torch": torch.__version__}
-        for label, m in (("moga", patched), ("dense", model)):
-            if label == "dense" and tokens > args.dense_max_tokens:
-                continue
-            times, peaks = [], []
-            for _ in range(args.repeats):
+        base = {"model": f"Wan {shape} shape (random weights)", "tokens": tokens, "frames": frames, "groups": groups,
+                "combine": args.combine, "device": torch.cuda.get_device_name(0) if CUDA else "cpu",
+                "torch": torch.__version__}
+        dense = None
+        if tokens <= args.dense_max_tokens:
+            sampler.execute(model=model, **dict(common, length=9))
+            out, seconds, peak = timed(lambda: sampler.execute(model=model, **common).args[0])
+            assert torch.isfinite(out["samples"]).all(), "non-finite sample"
+            dense = {"dense_step_s": seconds, "dense_peak_gib": peak}
+            print(f"{shape} N={tokens} dense: {seconds:.2f} s/step, peak {peak} GiB", flush=True)
+        for kind in args.routers.split(","):
+            row = dict(base, routers=kind, capacity=1.0 if kind == "balanced" else capacity, **(dense or {}))
+            if kind == "calibrated":
+                latent = {"samples": torch.zeros(1, 16, 9, size["height"] // 8, size["width"] // 8)}
+                t0 = time.time()
+                rs = calibrate(model, pos, neg, latent, 2, 5.0, "euler", "simple", 0, groups)
+                row["calibration_s"] = time.time() - t0
+            else:
+                gen = torch.Generator().manual_seed(1)
+                rs = routers_mod.RouterSet({i: core.Router(dim, groups) for i in range(layers)}, "wan", dim, layers,
+                                           combine=args.combine)
+                for r in rs.routers.values():
+                    with torch.no_grad():
+                        r.weight.normal_(0.0, dim ** -0.5, generator=gen)
+            patched = model.clone()
+            patcher.install(patched, rs, patcher.PatchOptions(start_percent=0.0, min_tokens=args.min_tokens,
+                                                              combine=args.combine, capacity=row["capacity"]))
+            sampler.execute(model=patched, **dict(common, length=9))  # weights loaded, small kernels built
+            runs = []
+            for label in ("cold", "warm"):
                 try:
-                    out, seconds, peak = timed(lambda: sampler.execute(model=m, **common).args[0])
+                    out, seconds, peak = timed(lambda: sampler.execute(model=patched, **common).args[0])
                 except torch.OutOfMemoryError as exc:
-                    row[f"{label}_error"] = f"out of memory: {str(exc)[:200]}"
+                    row["moga_error"] = f"out of memory: {str(exc)[:200]}"
                     break
                 assert torch.isfinite(out["samples"]).all(), "non-finite sample"
-                times.append(seconds)
-                peaks.append(peak)
-            if times:
-                row[f"{label}_step_s"] = sorted(times)[len(times) // 2]
-                row[f"{label}_all_s"] = times
-                row[f"{label}_peak_gib"] = max(peaks) if CUDA else None
-            print(f"{shape} N={tokens} {label}: {row.get(label + '_step_s')} s/step, peak "
-                  f"{row.get(label + '_peak_gib')} GiB {row.get(label + '_error', '')}", flush=True)
-        if "dense_step_s" in row and "moga_step_s" in row:
-            row["speedup"] = row["dense_step_s"] / row["moga_step_s"]
-        stats = patcher.patch_of(patched).last_run_stats
-        row["moga_sparse_calls"] = sum(stats["sparse_calls"].values()) if stats else 0
-        results.append(row)
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+                runs.append((seconds, peak))
+                row[f"moga_{label}_s"] = seconds
+            if runs:
+                row["moga_step_s"] = runs[-1][0]
+                row["moga_peak_gib"] = max(r[1] for r in runs) if CUDA else None
+                stats = patcher.patch_of(patched).last_run_stats
+                sparse = sum(stats["sparse_calls"].values())
+                row["moga_sparse_calls"] = sparse
+                row["moga_dense_calls"] = dict(stats["dense"])
+                row["largest_group"] = stats["largest_group_sum"] / max(sparse, 1)
+                row["density"] = stats["density_sum"] / max(sparse, 1)
+                row["summary"] = patcher.patch_of(patched).summary()
+                if dense:
+                    row["speedup"] = dense["dense_step_s"] / row["moga_step_s"]
+                    dense_steps = round(30 * args.warmup_steps)
+                    row["projected_30_steps_s"] = dense_steps * dense["dense_step_s"] + \
+                        (30 - dense_steps) * row["moga_step_s"]
+                    row["projected_30_steps_dense_s"] = 30 * dense["dense_step_s"]
+            print(f"{shape} N={tokens} {kind}: cold {row.get('moga_cold_s')} warm {row.get('moga_warm_s')} s/step, "
+                  f"peak {row.get('moga_peak_gib')} GiB, speedup {row.get('speedup')}; {row.get('summary')} "
+                  f"{row.get('moga_error', '')}", flush=True)
+            results.append(row)
+            del patched
+            with open(args.out, "w") as f:
+                json.dump(results, f, indent=1)
     print(json.dumps(results, indent=1))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from .backends import default_scale, lse_dtype, sdpa_with_lse, segmented_attention
+from .blocksparse import BLOCK, block_attention, build_block_plan, flex_available, key_set_pairs, relative_cost
 from .config import MogaConfig, VideoLayout, check_config_for_layout
 from .plan import Term, group_terms, static_terms, temporal_groups, window_of_rows_cols
 
@@ -168,17 +169,55 @@ def _merge(parts):
     return num / den.unsqueeze(-1)
 
 
+def use_block_kernel(cfg: MogaConfig, q: torch.Tensor) -> bool:
+    """Whether the router-dependent keys run on the one block-sparse kernel (`blocksparse`) for these inputs.
+
+    ``backend="flex"`` asks for it (an error where it cannot run); ``auto`` takes it on CUDA with Triton for head
+    dims FlexAttention compiles well (16…256, a power of two) and no autograd (distillation keeps the varlen paths,
+    whose gradients are tested)."""
+    if cfg.backend == "flex":
+        if not flex_available(q.device):
+            raise ValueError(f"backend 'flex' needs a CUDA device, torch's FlexAttention and Triton; got {q.device} "
+                             f"with torch {torch.__version__}. Use backend='auto'.")
+        return True
+    if cfg.backend != "auto" or not flex_available(q.device):
+        return False
+    d = q.shape[-1]
+    need_grad = torch.is_grad_enabled() and q.requires_grad
+    return 16 <= d <= 256 and d & (d - 1) == 0 and not need_grad and q.dtype in (torch.float16, torch.bfloat16)
+
+
+def _dense_union(q, k, v, layout, global_keep, scale):
+    """Union attention with every video key in the set (what union mode becomes with M = 1): (B·Nv, H, D)."""
+    b, n, h, d = q.shape
+    p, nv = layout.prefix, layout.num_video_tokens
+    qv, kv, vv = (t[:, p:p + nv].transpose(1, 2) for t in (q, k, v))
+    if layout.num_global_tokens == 0:
+        out = torch.nn.functional.scaled_dot_product_attention(qv, kv, vv, scale=scale)
+        return out.transpose(1, 2).reshape(b * nv, h, d)
+    ov, lv = sdpa_with_lse(qv, kv, vv, scale, True)
+    glob_idx = torch.cat([torch.arange(p, device=q.device), torch.arange(p + nv, n, device=q.device)])
+    video = (1.0, ov.transpose(1, 2).reshape(b * nv, h, d), lv.transpose(1, 2).reshape(b * nv, h))
+    return _merge([video, (1.0,) + _global_term(q, k, v, layout, glob_idx, global_keep, scale)])
+
+
 def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: VideoLayout, cfg: MogaConfig,
                    groups: torch.Tensor | None = None, gate: torch.Tensor | None = None, *,
                    scale: float | None = None, global_keep: torch.Tensor | None = None,
-                   stats: dict | None = None) -> torch.Tensor:
+                   stats: dict | None = None, dense_fallback: bool = False) -> torch.Tensor:
     """MoGA attention. q, k, v: (B, N, H, D) with N = layout.num_tokens; groups (B, Nv) int; gate (B, Nv).
 
     Returns (B, N, H, D) in q's dtype. ``gate=None`` in ``"mean"`` mode means an ungated group branch (p = 1).
     ``global_keep``: which global tokens video queries may attend to, (prefix + suffix,) bool for all of them (False =
     padding, e.g. HunyuanVideo's padded text) or (T, prefix + suffix) per latent frame (each shot's frames see the
-    global caption and their own); global queries skip only keys that no frame may see. If ``stats`` is a dict it receives ``density`` (scores computed /
-    N²), ``group_sizes`` and ``backend``.
+    global caption and their own); global queries skip only keys that no frame may see.
+    ``dense_fallback`` (union mode): when the estimated cost of the sparse layer is not below dense attention's
+    (groups so unequal that one holds most tokens), compute the layer densely instead — union mode's own M = 1
+    case, so the caption restriction of ``global_keep`` still holds. If ``stats`` is a dict it receives
+    ``density`` (scores of the key sets / N²), ``work_density`` (scores actually computed / N²: whole 128×128
+    blocks on the block kernel, every inclusion–exclusion piece on the varlen path), ``group_sizes``, ``backend``
+    ("flex" on the block kernel), ``path`` ("sparse" or "dense") and, on the block kernel, ``relative_cost``
+    (estimated time vs dense attention).
     """
     groups, gate = _check_inputs(q, k, v, layout, cfg, groups, gate)
     global_keep = _check_global_keep(global_keep, layout, q.device)
@@ -187,50 +226,84 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
     scale = default_scale(d) if scale is None else float(scale)
     union = cfg.combine == "union"
     has_glob = layout.num_global_tokens > 0
-    need_lse = union or has_glob
     acc = lse_dtype(q.dtype)  # combine precision
-
-    want = ["group"]
-    if union and cfg.window is not None:
-        want.append("group&window")
-    if union and cfg.frame_branch:
-        want.append("group&frame")
-    if union and cfg.window is not None and cfg.frame_branch:
-        want.append("group&window&frame")
-    gterms = group_terms(layout, cfg, groups, tuple(want))
-    sterms = static_terms(layout, cfg, b, q.device)
-
-    qf, kf, vf = (t.reshape(b * n, h, d) for t in (q, k, v))
+    block_kernel = use_block_kernel(cfg, q)
+    seg_backend = "auto" if cfg.backend in ("flex", "varlen") else cfg.backend
     results = {}
-    for name, term in list(gterms.items()) + list(sterms.items()):
-        results[name] = (term.sign,) + _run_term(term, qf, kf, vf, scale, need_lse, cfg.backend)
+    path = "sparse"
+    gterms, sterms = {}, {}
+    video = None
 
-    if has_glob:
-        glob_idx = torch.cat([torch.arange(p, device=q.device), torch.arange(p + nv, n, device=q.device)])
-        results["global"] = (1.0,) + _global_term(q, k, v, layout, glob_idx, global_keep, scale)
+    if block_kernel:
+        plan = build_block_plan(layout, cfg, groups, "union" if union else "group", global_keep,
+                                need_grad=torch.is_grad_enabled() and q.requires_grad)
+        # the one read-back of the call: id check, and the cost estimate for the dense fallback and the stats
+        checks = torch.stack([((groups < 0) | (groups >= cfg.num_groups)).sum(), plan.partial_blocks.sum(),
+                              plan.full_blocks.sum()]).cpu().tolist()
+        if checks[0]:
+            bad = groups[(groups < 0) | (groups >= cfg.num_groups)]
+            raise ValueError(f"groups must be ids in [0, {cfg.num_groups}) for num_groups = {cfg.num_groups}; got "
+                             f"{checks[0]} ids outside, e.g. {bad[:5].tolist()}")
+        relative = relative_cost(checks[1], checks[2], b, nv, nv + layout.num_global_tokens)
+        if union and dense_fallback and relative >= 1.0:
+            path = "dense"
+            video = _dense_union(q, k, v, layout, global_keep, scale)
+        else:
+            video = block_attention(q, k, v, plan, scale).reshape(b * nv, h, d)
+        if not union:
+            results["group"] = (1.0, video, None)
+    if video is None or not union:
+        need_lse = union or has_glob
+        if not block_kernel:
+            want = ["group"]
+            if union and cfg.window is not None:
+                want.append("group&window")
+            if union and cfg.frame_branch:
+                want.append("group&frame")
+            if union and cfg.window is not None and cfg.frame_branch:
+                want.append("group&window&frame")
+            gterms = group_terms(layout, cfg, groups, tuple(want))
+        sterms = static_terms(layout, cfg, b, q.device)
+        if union and dense_fallback:
+            pairs = sum(t.problem.pair_count() for t in list(gterms.values()) + list(sterms.values()))
+            # seven varlen pieces at FlashAttention-2 rates plus float32 merges: about twice dense's rate per score
+            if 2.0 * pairs >= b * nv * nv:
+                path = "dense"
+        if path == "dense":
+            video = _dense_union(q, k, v, layout, global_keep, scale)
+        else:
+            qf, kf, vf = (t.reshape(b * n, h, d) for t in (q, k, v))
+            for name, term in list(gterms.items()) + list(sterms.items()):
+                results[name] = (term.sign,) + _run_term(term, qf, kf, vf, scale, need_lse, seg_backend)
+            if has_glob:
+                glob_idx = torch.cat([torch.arange(p, device=q.device), torch.arange(p + nv, n, device=q.device)])
+                results["global"] = (1.0,) + _global_term(q, k, v, layout, glob_idx, global_keep, scale)
 
-    if union:
-        video = _merge(list(results.values()))
-    else:
-        # without global tokens no log-sum-exp merge is needed and the mean runs in the input dtype
-        work = acc if has_glob else q.dtype
+            if union:
+                video = _merge(list(results.values()))
+            else:
+                # without global tokens no log-sum-exp merge is needed and the mean runs in the input dtype
+                work = acc if has_glob else q.dtype
 
-        def branch(name):
-            sign, out, lse = results[name]
-            return _merge([(1.0, out, lse), results["global"]]) if has_glob else out
+                def branch(name):
+                    sign, out, lse = results[name]
+                    if has_glob and lse is not None:  # the block kernel's group branch already saw the globals
+                        return _merge([(1.0, out, lse), results["global"]])
+                    return out.to(work)
 
-        video = branch("group")
-        if gate is not None:
-            video = video * gate.reshape(b * nv, 1, 1).to(work)
-        if cfg.window is not None:
-            video = video + branch("window")
-        if cfg.frame_branch:
-            video = video + branch("frame")
-        if cfg.num_branches > 1:
-            video = video / cfg.num_branches
+                video = branch("group")
+                if gate is not None:
+                    video = video * gate.reshape(b * nv, 1, 1).to(work)
+                if cfg.window is not None:
+                    video = video + branch("window")
+                if cfg.frame_branch:
+                    video = video + branch("frame")
+                if cfg.num_branches > 1:
+                    video = video / cfg.num_branches
     video = video.to(q.dtype).reshape(b, nv, h, d)
 
     if has_glob:
+        glob_idx = torch.cat([torch.arange(p, device=q.device), torch.arange(p + nv, n, device=q.device)])
         qg = q.index_select(1, glob_idx).transpose(1, 2)
         key_mask = None
         if global_keep is not None:  # global queries skip only the keys no frame may see (padding)
@@ -244,14 +317,23 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
         out = video
 
     if stats is not None:
-        pairs = sum(t.problem.pair_count() for t in list(gterms.values()) + list(sterms.values()))
-        if has_glob:
-            pairs += b * nv * layout.num_global_tokens + b * layout.num_global_tokens * n
-        stats["density"] = pairs / float(b * n * n)
+        ng = layout.num_global_tokens
+        video_pairs = key_set_pairs(layout, cfg, groups, global_keep)
+        stats["density"] = (video_pairs + b * ng * n) / float(b * n * n)
         stats["group_sizes"] = torch.bincount((groups + torch.arange(b, device=groups.device)[:, None]
                                                * cfg.num_groups).reshape(-1),
                                               minlength=b * cfg.num_groups).view(b, -1).cpu()
-        stats["backend"] = cfg.backend
+        stats["backend"] = "flex" if block_kernel else cfg.backend
+        stats["path"] = path
+        if path == "dense":
+            work = b * n * n
+        elif block_kernel:  # block granularity
+            work = (checks[1] + checks[2]) * BLOCK * BLOCK + b * ng * n
+            stats["relative_cost"] = relative
+        else:  # every piece, the inclusion–exclusion intersections included
+            work = sum(t.problem.pair_count() for t in list(gterms.values()) + list(sterms.values()))
+            work += b * nv * ng + b * ng * n if has_glob else 0
+        stats["work_density"] = work / float(b * n * n)
     return out
 
 

@@ -20,6 +20,7 @@ Output (Lq, H, D) in q's dtype; log-sum-exp (Lq, H) float32 (natural log, scaled
 from __future__ import annotations
 
 import importlib.util
+import functools
 import math
 from dataclasses import dataclass
 
@@ -57,10 +58,27 @@ _HAS_EFFICIENT_OP = hasattr(torch.ops.aten, "_scaled_dot_product_efficient_atten
 _cudnn_varlen_state: dict = {}
 
 
+@functools.lru_cache(maxsize=None)
+def _flex_importable() -> bool:
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+        import triton  # noqa: F401
+    except Exception:  # torch without FlexAttention, or no Triton (some Windows installs)
+        return False
+    return True
+
+
+def flex_available(device: torch.device | str) -> bool:
+    """True when the compiled FlexAttention kernel (`blocksparse`) can run on ``device``: CUDA, torch's
+    FlexAttention and Triton."""
+    return torch.device(device).type == "cuda" and _flex_importable()
+
+
 def available_backends() -> dict[str, bool]:
     """Which backends can run at all in this process (device-independent view)."""
     cuda = torch.cuda.is_available()
     return {
+        "flex": cuda and _flex_importable(),
         "flash_attn": _flash_attn_varlen_func is not None and cuda,
         "cudnn_varlen": _HAS_CUDNN_VARLEN_OP and cuda,
         "torch_varlen": _torch_varlen_attn is not None and cuda,

@@ -10,7 +10,7 @@ import warnings
 from dataclasses import dataclass
 
 COMBINE_MODES = ("mean", "union")
-BACKENDS = ("auto", "flash_attn", "cudnn_varlen", "torch_varlen", "sdpa", "loop")
+BACKENDS = ("auto", "flex", "varlen", "flash_attn", "cudnn_varlen", "torch_varlen", "sdpa", "loop")
 
 
 def _as_int_tuple(value, name: str, length: int | None = None) -> tuple[int, ...]:
@@ -110,8 +110,12 @@ class MogaConfig:
     - ``combine``: ``"mean"`` = (p·O_group + O_window + O_frame) / n_branches (the paper; for MoGA-trained
       weights). ``"union"`` = exact softmax attention over the union of the group keys and the local keys, each key
       once (training-free use on stock weights; with M = 1 it is dense attention).
-    - ``balanced``: capacity-constrained routing that gives every group the same size (±1).
-    - ``backend``: ``auto`` picks from what is installed (see ``python -m moga_core info``).
+    - ``capacity``: routing bound: no group holds more than ``ceil(capacity · N / M)`` of a sample's N video
+      tokens (a token over capacity goes to its best group with room); ``None`` = plain top-1, unbounded.
+    - ``balanced``: ``True`` is ``capacity = 1.0`` (every group the same size ±1); kept so older callers work.
+    - ``backend``: ``auto`` picks from what is installed (see ``python -m moga_core info``): ``flex`` = one exact
+      block-sparse FlexAttention kernel for the router-dependent keys (CUDA + Triton); ``varlen`` = the
+      variable-length paths (what ``auto`` picks without Triton); the others force one varlen kernel.
     """
 
     num_groups: int = 5
@@ -122,6 +126,7 @@ class MogaConfig:
     combine: str = "mean"
     balanced: bool = False
     backend: str = "auto"
+    capacity: float | None = None
 
     def __post_init__(self) -> None:
         m = self.num_groups
@@ -145,7 +150,18 @@ class MogaConfig:
         if self.backend not in BACKENDS:
             raise ValueError(f"MogaConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
         object.__setattr__(self, "frame_branch", bool(self.frame_branch))
-        object.__setattr__(self, "balanced", bool(self.balanced))
+        capacity = self.capacity
+        if self.balanced:
+            if capacity is not None and capacity != 1.0:
+                raise ValueError(f"MogaConfig.balanced=True means capacity=1.0; got capacity={capacity!r} as well")
+            capacity = 1.0
+        if capacity is not None:
+            if isinstance(capacity, bool) or not isinstance(capacity, (int, float)) or not capacity >= 1.0:
+                raise ValueError(f"MogaConfig.capacity must be a number >= 1.0 (or None for unbounded groups), "
+                                 f"got {capacity!r}")
+            capacity = float(capacity)
+        object.__setattr__(self, "capacity", capacity)
+        object.__setattr__(self, "balanced", capacity == 1.0)
 
     @property
     def has_local(self) -> bool:

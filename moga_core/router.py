@@ -8,6 +8,8 @@ become the rows of an exact linear router, since argmax_i (x·c_i − ‖c_i‖�
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 
@@ -79,20 +81,28 @@ class Router(nn.Module):
                                                                        weight, bias)
         return out.reshape(*x.shape[:-1], weight.shape[0])
 
-    def route(self, x: torch.Tensor, balanced: bool = False):
-        """-> (groups int64, gate, probs (…, M), logits (…, M)); groups/gate have x's leading shape."""
+    def route(self, x: torch.Tensor, balanced: bool = False, capacity: float | None = None):
+        """-> (groups int64, gate, probs (…, M), logits (…, M)); groups/gate have x's leading shape.
+
+        ``capacity``: no group holds more than ``ceil(capacity · N / M)`` of a sample's N tokens (see
+        `capacity_assignment`); ``None`` = plain top-1. ``balanced=True`` is ``capacity=1.0``.
+        """
+        if balanced:
+            if capacity is not None and float(capacity) != 1.0:
+                raise ValueError(f"balanced=True means capacity=1.0; got capacity={capacity!r} as well")
+            capacity = 1.0
         logits = self.logits(x)
         probs = torch.softmax(logits, dim=-1)
-        if balanced:
+        if capacity is not None:
             batched = logits if logits.dim() == 3 else logits.unsqueeze(0)
-            groups = balanced_assignment(batched.detach()).reshape(logits.shape[:-1])
+            groups = capacity_assignment(batched.detach(), capacity).reshape(logits.shape[:-1])
         else:
             groups = logits.argmax(dim=-1)
         gate = probs.gather(-1, groups.unsqueeze(-1)).squeeze(-1)
         return groups, gate, probs, logits
 
-    def forward(self, x: torch.Tensor, balanced: bool = False):
-        groups, gate, _, _ = self.route(x, balanced)
+    def forward(self, x: torch.Tensor, balanced: bool = False, capacity: float | None = None):
+        groups, gate, _, _ = self.route(x, balanced, capacity)
         return groups, gate
 
     @classmethod
@@ -158,22 +168,47 @@ def kmeans(points: torch.Tensor, k: int, iters: int = 25, seed: int = 0, max_poi
     return centroids
 
 
-def balanced_assignment(logits: torch.Tensor) -> torch.Tensor:
-    """Capacity-constrained top-1: every group gets ⌈N/M⌉ or ⌊N/M⌋ tokens (sizes differ by at most one).
+def check_capacity(capacity) -> float:
+    """``capacity`` as a float >= 1.0, or a ValueError that says what came."""
+    if isinstance(capacity, bool) or not isinstance(capacity, (int, float)) or not capacity == capacity:
+        raise ValueError(f"capacity must be a number >= 1.0 (or None for no bound), got {capacity!r}")
+    if capacity < 1.0:
+        raise ValueError(f"capacity must be >= 1.0: below 1.0 the M groups cannot hold all N tokens; got {capacity}")
+    return float(capacity)
 
-    ``logits`` (B, N, M) → groups (B, N) int64. M rounds of proposals: each unassigned token proposes to its next-best
-    group; a group accepts its highest-scoring proposers up to its remaining capacity. Every round works on all
-    tokens with fixed-size tensor ops (no boolean indexing), so nothing waits for the host: on a GPU the whole
-    assignment is a queue of kernels. Stable sorts make it deterministic. After M rounds every token has a group.
+
+def group_capacities(num_tokens: int, num_groups: int, capacity: float) -> list[int]:
+    """Per-group size bound for ``num_tokens`` tokens: ``ceil(capacity · N / M)`` each, at most N.
+
+    ``capacity = 1.0`` is the tightest bound and gives balanced groups: the first ``N mod M`` groups hold
+    ``ceil(N / M)`` tokens, the others ``floor(N / M)`` (their sum is exactly N, so every group is filled).
+    """
+    capacity = check_capacity(capacity)
+    base, extra = divmod(num_tokens, num_groups)
+    if capacity == 1.0:
+        return [base + (1 if i < extra else 0) for i in range(num_groups)]
+    bound = min(num_tokens, math.ceil(capacity * num_tokens / num_groups))
+    return [bound] * num_groups
+
+
+def capacity_assignment(logits: torch.Tensor, capacity: float) -> torch.Tensor:
+    """Capacity-bounded top-1: no group takes more than ``ceil(capacity · N / M)`` of a sample's N tokens.
+
+    ``logits`` (B, N, M) → groups (B, N) int64. M rounds of proposals: each unassigned token proposes to its
+    next-best group; a group accepts its highest-scoring proposers up to its remaining room. So the first choices
+    a group can hold are all kept (the best-scoring ones when it is over-subscribed), and a token over capacity
+    goes to its best group with room. Every round works on all tokens with fixed-size tensor ops (no boolean
+    indexing), so nothing waits for the host: on a GPU the whole assignment is a queue of kernels. Stable sorts
+    make it deterministic. The bounds sum to at least N, so after M rounds every token has a group (a token refused
+    by all M groups would mean all of them are full). ``capacity = 1.0`` gives balanced groups (sizes differ by at
+    most one); a capacity of M or more changes nothing (plain argmax).
     """
     if logits.dim() != 3:
         raise ValueError(f"logits must be (B, N, M), got shape {tuple(logits.shape)}")
     b, n, m = logits.shape
     device = logits.device
-    base, extra = divmod(n, m)
-    capacity = torch.full((b, m + 1), base, dtype=torch.int64, device=device)
-    capacity[:, :extra] += 1  # the first `extra` groups take one more token
-    capacity[:, m] = 0  # bucket m of each sample collects the tokens already placed: it accepts nobody
+    capacity = torch.tensor(group_capacities(n, m, capacity) + [0], dtype=torch.int64, device=device)
+    capacity = capacity.repeat(b, 1)  # (B, M + 1); bucket m of each sample collects placed tokens: it takes nobody
     flat_logits = logits.reshape(b * n, m)
     preference = torch.argsort(flat_logits, dim=-1, descending=True, stable=True)  # (B·N, M)
     sample = torch.arange(b, device=device).repeat_interleave(n) * (m + 1)  # bucket offset of each token
@@ -197,6 +232,11 @@ def balanced_assignment(logits: torch.Tensor) -> torch.Tensor:
                                                                                          accept.long())
         capacity = capacity - taken.view(b, m + 1)
     return groups.reshape(b, n)
+
+
+def balanced_assignment(logits: torch.Tensor) -> torch.Tensor:
+    """Balanced top-1 (every group ⌈N/M⌉ or ⌊N/M⌋ tokens): `capacity_assignment` with ``capacity = 1.0``."""
+    return capacity_assignment(logits, 1.0)
 
 
 def balance_loss(probs: torch.Tensor, groups: torch.Tensor, alpha: float = 0.1, variant: str = "switch") -> torch.Tensor:

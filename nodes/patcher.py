@@ -78,6 +78,7 @@ class PatchOptions:
     neighbor_frames: int = 2
     frame_branch: bool = True
     balanced: bool = False
+    capacity: float | None = 1.25  # routing bound (see MogaConfig.capacity); None = unbounded groups
     start_percent: float = 0.0
     end_percent: float = 1.0
     dense_blocks: str = ""
@@ -147,7 +148,7 @@ class MogaPatch:
             self.cfg = MogaConfig(num_groups=routers.num_groups, window=options.window,
                                   temporal_group=options.temporal_group, neighbor_frames=options.neighbor_frames,
                                   frame_branch=options.frame_branch, combine=combine, balanced=options.balanced,
-                                  backend=options.backend)
+                                  capacity=None if options.balanced else options.capacity, backend=options.backend)
         else:
             self.cfg = None
         self.sigma_start = None  # set per run from the model's model_sampling (ON_PRE_RUN)
@@ -165,7 +166,24 @@ class MogaPatch:
     @staticmethod
     def _new_stats():
         return {"forwards": 0, "sparse_forwards": 0, "sparse_calls": Counter(), "dense": Counter(),
-                "sigmas": []}
+                "sigmas": [], "density_sum": 0.0, "largest_group_sum": 0.0, "largest_group_max": 0.0}
+
+    def summary(self, stats: dict | None = None) -> str:
+        """One line on a run: sparse vs dense attention calls, why calls were dense, group-size skew, density."""
+        stats = stats or self.last_run_stats
+        if not stats:
+            return "MoGA: no sampling run yet"
+        sparse = sum(stats["sparse_calls"].values())
+        dense = sum(stats["dense"].values())
+        parts = [f"MoGA: {sparse} sparse / {dense} dense attention calls"]
+        if dense:
+            parts.append("dense because: " + ", ".join(f"{reason} {count}" for reason, count in
+                                                        stats["dense"].most_common()))
+        if sparse:
+            parts.append(f"largest group {100 * stats['largest_group_sum'] / sparse:.0f}% of the tokens on average "
+                         f"(max {100 * stats['largest_group_max']:.0f}%)")
+            parts.append(f"density {stats['density_sum'] / sparse:.3f}")
+        return "; ".join(parts)
 
     # ---- run bookkeeping
     def on_pre_run(self, model_patcher, *rest):
@@ -177,6 +195,8 @@ class MogaPatch:
     def on_cleanup(self, model_patcher, *rest):
         if self.stats["forwards"]:
             self.last_run_stats = self.stats
+            if self.routers is not None:
+                log.info(self.summary(self.stats))
         self.stats = self._new_stats()
         self._overrides.clear()
 
@@ -284,7 +304,7 @@ class MogaPatch:
             return self._dense("bad shot plan")
         with torch.no_grad():
             x_mod = self.adapter.router_input(key, args, span)
-            groups, gate = self.router(key.index, x_mod.device)(x_mod, balanced=self.cfg.balanced)
+            groups, gate = self.router(key.index, x_mod.device)(x_mod, capacity=self.cfg.capacity)
         probe = to.get(GROUP_MAP)
         if probe is not None and probe.block == key.index:
             probe.record(groups, layout, to, self.cfg.num_groups)
@@ -329,10 +349,19 @@ class MogaPatch:
         else:
             q4, k4, v4 = (t.view(b, n, h, d) for t in (q, k, v))
         gate = route.gate if self.cfg.combine == "mean" else None
+        call = {}
         out = moga_attention(q4, k4, v4, layout, self.cfg, route.groups, gate, scale=kwargs.get("scale"),
-                             global_keep=global_keep)
+                             global_keep=global_keep, stats=call, dense_fallback=True)
+        sizes = call["group_sizes"].double()
+        largest = float((sizes.max(1).values / sizes.sum(1)).mean())
         with self._lock:
-            self.stats["sparse_calls"][(route.key.block_type, route.key.block_index)] += 1
+            if call["path"] == "dense":  # computed densely inside moga_attention (the union's M = 1 case)
+                self.stats["dense"]["groups too unequal to pay off"] += 1
+            else:
+                self.stats["sparse_calls"][(route.key.block_type, route.key.block_index)] += 1
+                self.stats["density_sum"] += call["density"]
+                self.stats["largest_group_sum"] += largest
+                self.stats["largest_group_max"] = max(self.stats["largest_group_max"], largest)
         if skip_output_reshape:
             return out.transpose(1, 2)
         return out.reshape(b, n, h * d)

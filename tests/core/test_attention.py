@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from moga_core import MogaConfig, Router, VideoLayout, dense_attention, moga_attention, reference_attention
-from moga_core.router import balanced_assignment
+from moga_core.router import capacity_assignment
 from moga_core.synthetic import even_shots, structured_video_tokens, synthetic_qkv
 
 
@@ -39,17 +39,17 @@ SWEEP = [
 
 
 @pytest.mark.parametrize("combine", ["mean", "union"])
-@pytest.mark.parametrize("balanced", [False, True])
+@pytest.mark.parametrize("capacity", [None, 1.0, 1.5])
 @pytest.mark.parametrize("case", SWEEP, ids=[f"case{i}" for i in range(len(SWEEP))])
-def test_fast_path_equals_reference_fp32(case, combine, balanced):
+def test_fast_path_equals_reference_fp32(case, combine, capacity):
     b, h, d, grid, shots, prefix, suffix, m, window, tg, nf, frame = case
     layout = VideoLayout(grid=grid, shots=shots, prefix=prefix, suffix=suffix)
     cfg = MogaConfig(num_groups=m, window=window, temporal_group=tg, neighbor_frames=nf, frame_branch=frame,
-                     combine=combine, balanced=balanced)
+                     combine=combine, capacity=capacity)
     q, k, v, groups, gate = make_inputs(layout, b, h, d, m, seed=hash(case) % 1000)
-    if balanced:
+    if capacity is not None:
         logits = torch.randn(b, layout.num_video_tokens, m, generator=torch.Generator().manual_seed(3))
-        groups = balanced_assignment(logits)
+        groups = capacity_assignment(logits, capacity)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         out = moga_attention(q, k, v, layout, cfg, groups, gate)

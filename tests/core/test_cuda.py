@@ -9,9 +9,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from moga_core import MogaConfig, VideoLayout, moga_attention, reference_attention
+from moga_core import MogaConfig, VideoLayout, dense_attention, moga_attention, reference_attention
 from moga_core.backends import available_backends
-from moga_core.router import balanced_assignment
+from moga_core.blocksparse import build_block_plan
+from moga_core.router import capacity_assignment
 
 from test_attention import SWEEP, make_inputs, rel_err
 
@@ -20,23 +21,23 @@ pytestmark = pytest.mark.cuda
 
 def cuda_backends():
     found = available_backends()
-    return [name for name in ("auto", "sdpa", "loop", "torch_varlen", "cudnn_varlen", "flash_attn") if
-            name in ("auto", "sdpa", "loop") or found.get(name)]
+    return [name for name in ("auto", "flex", "varlen", "sdpa", "loop", "torch_varlen", "cudnn_varlen", "flash_attn")
+            if name in ("auto", "varlen", "sdpa", "loop") or found.get(name)]
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("combine", ["mean", "union"])
-@pytest.mark.parametrize("balanced", [False, True])
+@pytest.mark.parametrize("capacity", [None, 1.0, 1.5])
 @pytest.mark.parametrize("case", SWEEP, ids=[f"case{i}" for i in range(len(SWEEP))])
-def test_cuda_fast_paths_equal_reference(case, combine, balanced, dtype, tol):
+def test_cuda_fast_paths_equal_reference(case, combine, capacity, dtype, tol):
     b, h, d, grid, shots, prefix, suffix, m, window, tg, nf, frame = case
     layout = VideoLayout(grid=grid, shots=shots, prefix=prefix, suffix=suffix)
     cfg = MogaConfig(num_groups=m, window=window, temporal_group=tg, neighbor_frames=nf, frame_branch=frame,
-                     combine=combine, balanced=balanced)
+                     combine=combine, capacity=capacity)
     q, k, v, groups, gate = make_inputs(layout, b, h, d, m, seed=hash(case) % 1000, dtype=dtype, device="cuda")
-    if balanced:
+    if capacity is not None:
         logits = torch.randn(b, layout.num_video_tokens, m, generator=torch.Generator().manual_seed(3)).cuda()
-        groups = balanced_assignment(logits)
+        groups = capacity_assignment(logits, capacity)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = reference_attention(q.double(), k.double(), v.double(), layout, cfg, groups, gate.double())
@@ -60,3 +61,54 @@ def test_cuda_large_groups_bf16():
         for backend in cuda_backends():
             out = moga_attention(q, k, v, layout, replace(cfg, backend=backend), groups, gate)
             assert rel_err(out, ref) <= 2e-2, (combine, backend)
+
+
+def test_cuda_block_kernel_is_what_auto_picks_for_half_precision():
+    layout = VideoLayout(grid=(4, 8, 8), shots=(0, 2))
+    q, k, v, groups, gate = make_inputs(layout, 1, 2, 64, 3, seed=0, dtype=torch.bfloat16, device="cuda")
+    stats = {}
+    moga_attention(q, k, v, layout, MogaConfig(num_groups=3, combine="union"), groups, stats=stats)
+    assert stats["backend"] == "flex"
+
+
+def test_cuda_union_with_one_group_is_dense_attention_on_the_block_kernel():
+    layout = VideoLayout(grid=(8, 30, 52), shots=(0, 3, 6))
+    q, k, v, _, _ = make_inputs(layout, 2, 4, 128, 1, seed=1, dtype=torch.bfloat16, device="cuda")
+    out = moga_attention(q, k, v, layout, MogaConfig(num_groups=1, combine="union", backend="flex"))
+    ref = dense_attention(q.float(), k.float(), v.float())
+    assert rel_err(out, ref) <= 2e-2
+
+
+def test_cuda_block_kernel_compiles_once_per_length():
+    """New groups at the same sequence length (other group sizes, other block lists) reuse the compiled kernel."""
+    torch._dynamo.reset()
+    from torch._dynamo.utils import counters
+
+    layout = VideoLayout(grid=(12, 30, 52), shots=(0, 4, 9), prefix=0)
+    cfg = MogaConfig(num_groups=5, combine="union", backend="flex")
+    q, k, v, _, _ = make_inputs(layout, 1, 4, 128, 5, seed=2, dtype=torch.bfloat16, device="cuda")
+    before = counters["stats"]["unique_graphs"]
+    for seed in range(4):
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        skew = torch.rand(5, device="cuda", generator=gen) * 3 * seed  # from balanced to very unequal
+        logits = torch.randn(1, layout.num_video_tokens, 5, device="cuda", generator=gen) + skew
+        groups = logits.argmax(-1)
+        out = moga_attention(q, k, v, layout, cfg, groups)
+        assert torch.isfinite(out).all()
+    graphs = counters["stats"]["unique_graphs"] - before
+    assert graphs == 1, f"{graphs} compilations for one sequence length"
+
+
+def test_cuda_block_kernel_large_layout_against_fp32_loop():
+    """16 latent frames of 30x52 with prefix/suffix tokens and per-frame global keys: full and partial blocks."""
+    layout = VideoLayout(grid=(16, 30, 52), shots=(0, 6, 11), prefix=40, suffix=3)
+    q, k, v, groups, gate = make_inputs(layout, 2, 4, 128, 5, seed=3, dtype=torch.bfloat16, device="cuda")
+    keep = torch.rand(16, 43, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0)) > 0.3
+    for combine in ("union", "mean"):
+        cfg = MogaConfig(num_groups=5, combine=combine)
+        ref = moga_attention(q.float(), k.float(), v.float(), layout, replace(cfg, backend="loop"), groups,
+                             gate.float(), global_keep=keep)
+        out = moga_attention(q, k, v, layout, replace(cfg, backend="flex"), groups, gate, global_keep=keep)
+        assert rel_err(out, ref) <= 2e-2, combine
+    plan = build_block_plan(layout, MogaConfig(num_groups=5, combine="union"), groups, "union", keep)
+    assert int(plan.full_blocks.sum()) > 0 and int(plan.partial_blocks.sum()) > 0
