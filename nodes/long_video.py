@@ -26,8 +26,10 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
+from . import wiring
 from .adapters import adapter_for
-from .shots import LAYOUT_SHOTS, ShotPlan
+from .patcher import GroupMapProbe, MogaPatch
+from .shots import ShotPlan
 from .types import MogaShots
 
 log = logging.getLogger("moga")
@@ -129,7 +131,7 @@ def prepare_model(model, plan: ShotPlan | None, ffn_chunk_tokens: int, context_f
     if chunk > 0:
         chunk_ffns(m, chunk)
     if plan is not None:
-        m.model_options.setdefault("transformer_options", {})[LAYOUT_SHOTS] = tuple(plan.latent_starts)
+        wiring.set_shot_cuts(m, plan.latent_starts)
     if context_frames > 0:
         length = max(1, (context_frames - 1) // 4 + 1)
         overlap = max(0, (context_overlap - 1) // 4 + 1) if context_overlap > 0 else 0
@@ -357,13 +359,11 @@ class MoGALongVideoSampler(io.ComfyNode):
 
 def _group_map_probe(model, plan: ShotPlan | None):
     """For a MoGA-patched model: record the routing of a middle block for the web group-map view."""
-    from .patcher import GROUP_MAP, GroupMapProbe, patch_of
-
-    patch = patch_of(model)
-    if patch is None or patch.routers is None:
+    patch = wiring.patch_of(model)
+    if not isinstance(patch, MogaPatch):
         return None
     routed = sorted(patch.routers.routers)
     frame = plan.latent_starts[1] if plan is not None and plan.num_shots > 1 else None
     probe = GroupMapProbe(routed[len(routed) // 2], frame)
-    model.model_options.setdefault("transformer_options", {})[GROUP_MAP] = probe
+    model.model_options.setdefault("transformer_options", {})[wiring.GROUP_MAP] = probe
     return probe

@@ -23,7 +23,6 @@ import re
 from dataclasses import dataclass, replace
 
 TEMPORAL_STRIDE = 4
-LAYOUT_SHOTS = "moga_layout_shots"  # transformer_options key: cut positions for conds without captions of their own
 _LINE = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>s|sec|secs|seconds?|f|frames?)?\s*[|:]\s*(?P<prompt>.*)$",
                    re.IGNORECASE)
 
@@ -64,6 +63,14 @@ class ShotPlan:
             if t >= start:
                 shot = i
         return shot
+
+    def caption_ranges(self, shot: int | None = None) -> list[tuple[int, int]]:
+        """Token ranges (start, end) in the conditioning of the global caption and of ``shot``'s (every shot's when
+        None), in that order; empty when the plan carries no caption ranges."""
+        if self.shot_tokens is None:
+            return []
+        own = list(self.shot_tokens) if shot is None else [self.shot_tokens[shot]]
+        return ([self.global_tokens] if self.global_tokens else []) + own
 
     def latent_ranges(self) -> list[tuple[int, int]]:
         ends = self.latent_starts[1:] + (self.num_latent_frames,)
@@ -196,7 +203,7 @@ def text_keep_table(plan: ShotPlan, shots_of_frames: list[int]) -> list[list[boo
     table = []
     for shot in shots_of_frames:
         row = [False] * plan.text_tokens
-        for a, b in ([plan.global_tokens] if plan.global_tokens else []) + [plan.shot_tokens[shot]]:
+        for a, b in plan.caption_ranges(shot):
             for j in range(a, b):
                 row[j] = True
         table.append(row)

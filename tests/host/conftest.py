@@ -51,7 +51,7 @@ def moga(comfyui, tmp_path_factory):
     assert ok, "ComfyUI failed to load the pack (see the log above)"
     name = str(link).replace(".", "_x_")
     ns = types.SimpleNamespace(name=name, module=sys.modules[name])
-    for attr, sub in (("core", "moga_core"), ("routers", "moga_core.routers"), ("patcher", "nodes.patcher"),
+    for attr, sub in (("core", "moga_core"), ("routers", "moga_core.routers"), ("patcher", "nodes.patcher"), ("wiring", "nodes.wiring"),
                       ("adapters", "nodes.adapters"), ("calibrate", "nodes.calibrate"),
                       ("load_model", "nodes.load_model"), ("router_files", "nodes.router_files")):
         setattr(ns, attr, importlib.import_module(f"{name}.{sub}"))
