@@ -29,7 +29,7 @@ from comfy_api.latest import io
 from . import wiring
 from .adapters import adapter_for
 from .patcher import GroupMapProbe, MogaPatch
-from .shots import ShotPlan
+from .shots import MAX_FRAMES, ShotPlan
 from .types import MogaShots
 
 log = logging.getLogger("moga")
@@ -302,7 +302,7 @@ class MoGALongVideoSampler(io.ComfyNode):
                                         "length."),
                 io.Int.Input("width", default=832, min=16, max=8192, step=16, tooltip="Video width in pixels."),
                 io.Int.Input("height", default=480, min=16, max=8192, step=16, tooltip="Video height in pixels."),
-                io.Int.Input("length", default=81, min=1, max=100000, step=4,
+                io.Int.Input("length", default=81, min=1, max=MAX_FRAMES, step=4,
                              tooltip="Frames (4k+1) when no shot plan is connected."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="Noise seed."),

@@ -1,6 +1,7 @@
 """Shot plans: durations -> frames -> latent frames, cut positions, and which caption tokens each shot owns.
 
-The text form, which the web timeline writes and people type (one shot per line, ``#`` starts a comment):
+The text form, which the web timeline writes and people type (one shot per line; a line whose first non-space
+character is ``#`` is a comment, a ``#`` anywhere else belongs to the prompt):
 
     3s   | A woman walks into a cafe, wide shot
     2.5s | Close-up: she smiles
@@ -23,6 +24,9 @@ import re
 from dataclasses import dataclass, replace
 
 TEMPORAL_STRIDE = 4
+# The longest plan: the long-video sampler's own length limit (100,000 frames, 1 h 44 min at 16 fps). Beyond it
+# the latent alone outgrows any GPU, and a typo such as "1e12" seconds must not turn into a trillion-frame video.
+MAX_FRAMES = 100_000
 _LINE = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>s|sec|secs|seconds?|f|frames?)?\s*[|:]\s*(?P<prompt>.*)$",
                    re.IGNORECASE)
 
@@ -117,7 +121,7 @@ def parse_shots(text: str, fps: float) -> list[ShotSpec]:
     else:
         number = 0
         for line_no, raw in enumerate(text.splitlines(), 1):
-            line = raw.split("#", 1)[0] if not raw.lstrip().startswith("#") else ""
+            line = "" if raw.lstrip().startswith("#") else raw
             if not line.strip():
                 continue
             number += 1
@@ -142,6 +146,10 @@ def _spec(index: int, prompt: str, value, unit: str, fps: float) -> ShotSpec:
         raise ValueError(f"shot {index}: duration {value!r} is not a number") from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"shot {index}: duration must be positive, got {value:g}{unit}")
+    frames = value if unit == "f" else value * fps
+    if frames > MAX_FRAMES:
+        raise ValueError(f"shot {index}: {value:g}{unit} is longer than a whole video may be ({MAX_FRAMES} frames, "
+                         "the long-video sampler's limit)")
     if unit == "f":
         if value != int(value):
             raise ValueError(f"shot {index}: a frame count must be whole, got {value:g}f")
@@ -157,6 +165,9 @@ def plan_shots(specs: list[ShotSpec], fps: float) -> ShotPlan:
     if not specs:
         raise ValueError("no shots to plan")
     total = sum(s.frames for s in specs)
+    if total > MAX_FRAMES:
+        raise ValueError(f"the shots add up to {total} frames, more than a video may have ({MAX_FRAMES} frames, the "
+                         "long-video sampler's limit); shorten or drop shots")
     num_latent = (total - 1) // TEMPORAL_STRIDE + 1
     decoded = TEMPORAL_STRIDE * (num_latent - 1) + 1
     notes = []

@@ -12,10 +12,11 @@ import pytest
 
 TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK_ROOT = os.path.dirname(TESTS_DIR)
-if TESTS_DIR not in sys.path:
-    sys.path.insert(0, TESTS_DIR)
+for path in (PACK_ROOT, TESTS_DIR):
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
-import workflow_tools  # noqa: E402  (needs TESTS_DIR on sys.path)
+from devtools import workflow_graph as workflow_tools  # noqa: E402  (needs PACK_ROOT on sys.path)
 
 
 @pytest.fixture(scope="session")

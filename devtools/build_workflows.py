@@ -1,12 +1,13 @@
-"""Builds the example workflows of this folder: UI-format graphs exactly as ComfyUI's frontend (1.42) saves them.
+"""Builds the example workflows in workflows/: UI-format graphs exactly as ComfyUI's frontend (1.42) saves them.
 
-    COMFYUI_PATH=/path/to/ComfyUI python3 workflows/build_workflows.py      # from the pack root
+    COMFYUI_PATH=/path/to/ComfyUI python3 -m devtools.build_workflows      # from the pack root
 
 Each workflow below is a short function that places nodes on a grid (``(x, None)``: below what is already in that
 column), wires them and sets the widgets that differ from the node's defaults. Input slots and ``widgets_values``
 are laid out from the live node schemas of the ComfyUI it runs against (the same data as ``/object_info``), in the
 frontend's order: sockets, then one slot per widget; the ``control_after_generate`` value after every seed; the
-upload button of Load Image. So they are right by construction, and frontend 1.42.11, loading these files and
+upload button of Load Image (the widget layout is `devtools.workflow_graph.widget_layout`, which the tests' UI -> API
+conversion reads back). So they are right by construction, and frontend 1.42.11, loading these files and
 saving them again, writes the same nodes, links and groups back. ``tests/host/test_workflows.py`` checks that the
 committed JSON files equal this script's output and executes every one of them in ComfyUI's own executor.
 
@@ -24,8 +25,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-PACK_ROOT = os.path.dirname(HERE)
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if PACK_ROOT not in sys.path:  # run as a script
+    sys.path.insert(0, PACK_ROOT)
+
+from devtools import workflow_graph as wg  # noqa: E402
+
+WORKFLOWS_DIR = os.path.join(PACK_ROOT, "workflows")
 FRONTEND_VERSION = "1.42.11"
 COMFY_CORE_VERSION = "0.19.3"
 PACK_ID = "comfyui-moga"
@@ -214,58 +220,42 @@ class Graph:
         }
 
 
-_WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-
-
-def _spec_parts(spec) -> tuple[str, dict, list | None]:
-    head = spec[0]
-    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    if isinstance(head, list):
-        return "COMBO", opts, head
-    return str(head), opts, opts.get("options") if head == "COMBO" else None
-
-
 class _NodeLayout:
     """One node's input slots and widgets, from its schema, as the frontend (1.42) lays them out and saves them.
 
     ``inputs`` holds the sockets first (schema order, optional ones with ``shape`` 7), then one slot per widget
     (``widget: {name}``; a widget converted to an input is linked there), and the image-upload button of media
-    loaders after its combo. Links address these slots by index.
+    loaders. Links address these slots by index. ``widgets`` is `workflow_graph.widget_layout`'s list.
     """
 
     def __init__(self, node: Node, schemas: dict):
         if node.type not in schemas:
             raise KeyError(f"{node.type} is not a node of this ComfyUI (is the pack loaded?)")
         self.node, self.info = node, schemas[node.type]
+        sections = self.info.get("input") or {}
+        self.widgets = wg.widget_layout(self.info, {"inputs": []}, lambda _pos, name: node.widgets.get(name),
+                                        wg.LayoutVariant())
+        values = {slot.name for slot in self.widgets if slot.kind == "value"}
         sockets: list[dict] = []
         widget_slots: list[dict] = []
-        self.widgets: list[tuple[str, str, dict, list | None]] = []  # (name, type, options, combo choices)
-        order = self.info.get("input_order") or {}
-        for section in ("required", "optional"):
-            specs = (self.info.get("input") or {}).get(section) or {}
-            for name in order.get(section) or list(specs):
-                typ, opts, choices = _spec_parts(specs[name])
-                is_widget = typ in _WIDGET_TYPES and not opts.get("forceInput")
-                slot = {"localized_name": name, "name": name}
-                if section == "optional":
-                    slot["shape"] = 7
-                slot["type"] = typ
-                if is_widget:
-                    slot["widget"] = {"name": name}
-                slot["link"] = None
-                if is_widget:
-                    self.widgets.append((name, typ, opts, choices))
-                    widget_slots.append(slot)
-                    if typ == "COMBO" and opts.get("image_upload"):
-                        widget_slots.append({"localized_name": "choose file to upload", "name": "upload",
-                                             "type": "IMAGEUPLOAD", "widget": {"name": "upload"}, "link": None})
-                else:
-                    sockets.append(slot)
+        optional = set(sections.get("optional") or {})
+        for name, spec, _ in wg.ordered_inputs(sections, self.info.get("input_order")):
+            slot = {"localized_name": name, "name": name}
+            if name in optional:
+                slot["shape"] = 7
+            slot["type"] = wg.spec_type(spec)
+            if name in values:
+                slot["widget"] = {"name": name}
+            slot["link"] = None
+            (widget_slots if name in values else sockets).append(slot)
+        for slot in self.widgets:
+            if slot.kind == "ui" and slot.name == "upload":
+                widget_slots.append({"localized_name": "choose file to upload", "name": "upload",
+                                     "type": "IMAGEUPLOAD", "widget": {"name": "upload"}, "link": None})
         self.slots = sockets + widget_slots
-        widget_names = {w[0] for w in self.widgets}
-        unknown = set(node.widgets) - widget_names
+        unknown = set(node.widgets) - values
         if unknown:
-            raise KeyError(f"{node.type} has no widget(s) {sorted(unknown)}; widgets: {sorted(widget_names)}")
+            raise KeyError(f"{node.type} has no widget(s) {sorted(unknown)}; widgets: {sorted(values)}")
 
     def output_slot(self, output: int | str) -> tuple[int, str]:
         names, types = self.info["output_name"], self.info["output"]
@@ -296,20 +286,27 @@ class _NodeLayout:
 
     def widgets_values(self) -> list:
         values = []
-        for name, typ, opts, choices in self.widgets:
-            value = self.node.widgets[name] if name in self.node.widgets else opts.get("default")
-            if value is None and choices:
-                value = choices[0]
-            if choices and value not in choices and not self._is_file_name(value):
-                raise ValueError(f"{self.node.type}.{name}: {value!r} is not one of {choices}")
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)  # JSON.stringify(5.0) == "5"
-            values.append(value)
-            if typ == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
+        for slot in self.widgets:
+            if slot.kind == "control":
                 values.append(self.node.control)
-            if typ == "COMBO" and opts.get("image_upload"):
+            elif slot.kind == "ui" and slot.name == "upload":
                 values.append("image")  # the upload button's value, as the frontend saves it
+            elif slot.kind == "value":
+                values.append(self._value(slot))
+            else:
+                raise ValueError(f"{self.node.type}: the builder does not write {slot.kind!r} widgets ({slot.name})")
         return values
+
+    def _value(self, slot) -> Any:
+        choices = wg.combo_choices(slot.spec) if wg.spec_type(slot.spec) == "COMBO" else None
+        value = self.node.widgets.get(slot.name, wg.spec_options(slot.spec).get("default"))
+        if value is None and choices:
+            value = choices[0]
+        if choices and value not in choices and not self._is_file_name(value):
+            raise ValueError(f"{self.node.type}.{slot.name}: {value!r} is not one of {choices}")
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON.stringify(5.0) == "5"
+        return value
 
     @staticmethod
     def _is_file_name(value) -> bool:  # model/image lists depend on the machine the script runs on
@@ -331,12 +328,13 @@ class _NodeLayout:
         sockets = sum(1 for slot in self.slots if "widget" not in slot)
         height = 30 + 22 * max(sockets, len(self.info["output"]))
         width = 320
-        for name, typ, opts, _choices in self.widgets:
-            height += 130 if opts.get("multiline") else 26
-            if typ == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
-                height += 26  # control_after_generate
-            if typ == "COMBO":
-                width = 360
+        for slot in self.widgets:
+            if slot.kind == "value":
+                height += 130 if wg.spec_options(slot.spec).get("multiline") else 26
+                if wg.spec_type(slot.spec) == "COMBO":
+                    width = 360
+            elif slot.kind == "control":
+                height += 26
         return width, height
 
 
@@ -912,22 +910,19 @@ def _load_host_schemas() -> dict:
     import asyncio
     import tempfile
 
-    sys.path.insert(0, os.path.join(PACK_ROOT, "tests"))
-    import workflow_tools
-
-    nodes = workflow_tools.init_comfyui(workflow_tools.find_comfyui(PACK_ROOT))
+    nodes = wg.init_comfyui(wg.find_comfyui(PACK_ROOT))
     link_dir = tempfile.mkdtemp(prefix="moga_build_")
     link = os.path.join(link_dir, "ComfyUI-MoGA")
     os.symlink(PACK_ROOT, link, target_is_directory=True)
     if not asyncio.run(nodes.load_custom_node(link)):
         raise RuntimeError("ComfyUI could not load the pack")
-    return workflow_tools.node_schemas_from_comfy()
+    return wg.node_schemas_from_comfy()
 
 
 def main() -> None:
     schemas = _load_host_schemas()
     for file_name, workflow in build_all(schemas).items():
-        path = os.path.join(HERE, file_name)
+        path = os.path.join(WORKFLOWS_DIR, file_name)
         with open(path, "w", encoding="utf-8") as f:
             f.write(dumps(workflow))
         print(f"wrote {os.path.relpath(path, PACK_ROOT)} ({len(workflow['nodes'])} nodes, "
