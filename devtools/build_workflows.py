@@ -17,6 +17,7 @@ canvas says where to download them and which folder they go in.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -137,6 +138,11 @@ class Graph:
 
     def link(self, src: Node, output: int | str, dst: Node, input_: str) -> None:
         self.links.append(Link(len(self.links) + 1, src, output, dst, input_))
+
+    def wire(self, dst: Node, **sources: Node) -> None:
+        """Link output 0 of each source to the input of ``dst`` named by its keyword, in the order given."""
+        for input_, src in sources.items():
+            self.link(src, 0, dst, input_)
 
     def group(self, title: str, nodes: list[Node], color: str = "#3f789e") -> None:
         self.groups.append((title, nodes, color))
@@ -475,6 +481,23 @@ def moga_apply(g: Graph, model: Node, router: Node, x, title=None, **options) ->
     return node
 
 
+def text_encode(g: Graph, clip: Node, kind: str, text: str, size=(440, 200)) -> Node:
+    """A positive or negative CLIP Text Encode in the prompt column, wired to ``clip``."""
+    colors = POSITIVE_COLORS if kind == "positive" else NEGATIVE_COLORS
+    node = g.node("CLIPTextEncode", (COL, None), title=f"CLIP Text Encode ({kind.capitalize()} Prompt)", size=size,
+                  colors=colors, text=text)
+    g.link(clip, 0, node, "clip")
+    return node
+
+
+def multishot_prompt(g: Graph, clip: Node, shots: str, global_prompt: str, fps: float) -> Node:
+    """MoGA Multi-Shot Prompt in the prompt column, wired to ``clip``."""
+    node = g.node("MoGAMultiShotPrompt", (COL, None), size=(520, 560), colors=POSITIVE_COLORS, shots=shots,
+                  global_prompt=global_prompt, fps=fps)
+    g.link(clip, 0, node, "clip")
+    return node
+
+
 def decode_and_save(g: Graph, latent: Node, vae: Node, x, fps: float, prefix: str, step: int,
                     latent_output=0) -> list[Node]:
     decode = g.node("VAEDecodeTiled", (x, None), tile_size=256, overlap=64, temporal_size=64, temporal_overlap=8)
@@ -521,12 +544,8 @@ def wan21_t2v_multishot(name: str, unet: str, shots: str, global_prompt: str, hi
     g.link(clip, 0, cal_prompt, "clip")
     cal_latent = g.node("EmptyHunyuanLatentVideo", (0, None), title="Calibration latent (33 frames)",
                         width=size[0], height=size[1], length=33, batch_size=1)
-    multishot = g.node("MoGAMultiShotPrompt", (COL, None), size=(520, 560), colors=POSITIVE_COLORS, shots=shots,
-                       global_prompt=global_prompt, fps=16.0)
-    g.link(clip, 0, multishot, "clip")
-    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(520, 200),
-                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
-    g.link(clip, 0, negative, "clip")
+    multishot = multishot_prompt(g, clip, shots, global_prompt, fps=16.0)
+    negative = text_encode(g, clip, "negative", WAN_NEGATIVE, size=(520, 200))
     g.note(SHOTS_NOTE, (COL, None), (520, None), title="Shots")
     x = 2 * COL + 120
     router = calibration(g, unet_node, cal_prompt, negative, cal_latent, x, cfg=6.0)
@@ -543,34 +562,33 @@ def wan21_t2v_multishot(name: str, unet: str, shots: str, global_prompt: str, hi
     return g
 
 
-def wan21_t2v_1_3b() -> Graph:
-    shots = ("3s | Wide shot: Mara walks along a rain-soaked harbour pier at dawn, gulls circling above the fishing "
-             "boats rocking in the grey water\n"
-             "3s | Medium shot: Mara stops at a small coffee kiosk and orders, steam rising from the espresso machine, "
-             "warm light inside the kiosk\n"
-             "4s | Close-up: Mara holds the paper cup in both hands and smiles as the sun breaks through the clouds "
-             "behind her")
-    global_prompt = ("Mara, a woman in her thirties with short red hair and a green wool coat. Cinematic, 35 mm film "
-                     "look, soft natural light, muted colours.")
-    return wan21_t2v_multishot("wan2.1_t2v_1.3B_multishot_moga", "wan2.1_t2v_1.3B_fp16.safetensors", shots,
-                               global_prompt, "This workflow: 3 shots, about 10 s (157 frames, 40 latent frames: "
-                               "62,400 tokens at 480p; the multi-shot prompt's `plan` output lists them).",
-                               prefix="video/MoGA_wan2.1_t2v_1.3B")
-
-
-def wan21_t2v_14b() -> Graph:
-    shots = ("3s | Establishing shot: a white lighthouse on a rocky cliff at dusk, waves crashing below, the lamp "
-             "starting to turn\n"
-             "3s | Inside the lighthouse: the old keeper climbs the spiral staircase with an oil lantern, his shadow "
-             "sliding along the curved wall\n"
-             "3s | Close-up: the keeper wipes the great lens with a cloth, the light flaring through the glass\n"
-             "3s | Aerial shot: the beam sweeps across the dark sea as a small fishing boat turns towards the harbour")
-    global_prompt = ("An old lighthouse keeper with a white beard, a navy pea coat and a knitted cap. Cinematic, "
-                     "moody blue-hour light, high detail, 35 mm film grain.")
-    return wan21_t2v_multishot("wan2.1_t2v_14B_multishot_moga", "wan2.1_t2v_14B_fp8_scaled.safetensors", shots,
-                               global_prompt, "This workflow: 4 shots, about 12 s (189 frames, 48 latent frames: "
-                               "74,880 tokens at 480p). For 720p (1280 x 720) set the sampler's shift to 5.",
-                               prefix="video/MoGA_wan2.1_t2v_14B")
+#: the two Wan 2.1 text-to-video examples: (workflow, model file, shots, global prompt, canvas hint, video prefix)
+WAN21_T2V_EXAMPLES = [
+    ("wan2.1_t2v_1.3B_multishot_moga", "wan2.1_t2v_1.3B_fp16.safetensors",
+     "3s | Wide shot: Mara walks along a rain-soaked harbour pier at dawn, gulls circling above the fishing boats "
+     "rocking in the grey water\n"
+     "3s | Medium shot: Mara stops at a small coffee kiosk and orders, steam rising from the espresso machine, warm "
+     "light inside the kiosk\n"
+     "4s | Close-up: Mara holds the paper cup in both hands and smiles as the sun breaks through the clouds behind "
+     "her",
+     "Mara, a woman in her thirties with short red hair and a green wool coat. Cinematic, 35 mm film look, soft "
+     "natural light, muted colours.",
+     "This workflow: 3 shots, about 10 s (157 frames, 40 latent frames: 62,400 tokens at 480p; the multi-shot "
+     "prompt's `plan` output lists them).",
+     "video/MoGA_wan2.1_t2v_1.3B"),
+    ("wan2.1_t2v_14B_multishot_moga", "wan2.1_t2v_14B_fp8_scaled.safetensors",
+     "3s | Establishing shot: a white lighthouse on a rocky cliff at dusk, waves crashing below, the lamp starting "
+     "to turn\n"
+     "3s | Inside the lighthouse: the old keeper climbs the spiral staircase with an oil lantern, his shadow "
+     "sliding along the curved wall\n"
+     "3s | Close-up: the keeper wipes the great lens with a cloth, the light flaring through the glass\n"
+     "3s | Aerial shot: the beam sweeps across the dark sea as a small fishing boat turns towards the harbour",
+     "An old lighthouse keeper with a white beard, a navy pea coat and a knitted cap. Cinematic, moody blue-hour "
+     "light, high detail, 35 mm film grain.",
+     "This workflow: 4 shots, about 12 s (189 frames, 48 latent frames: 74,880 tokens at 480p). For 720p "
+     "(1280 x 720) set the sampler's shift to 5.",
+     "video/MoGA_wan2.1_t2v_14B"),
+]
 
 
 def wan21_i2v_14b() -> Graph:
@@ -587,14 +605,11 @@ def wan21_i2v_14b() -> Graph:
     unet_node, clip, vae = wan_loaders(g, unet)
     clip_vision = g.node("CLIPVisionLoader", (0, None), clip_name="clip_vision_h.safetensors")
     image = g.node("LoadImage", (0, None), size=(360, 380), image=START_IMAGE)
-    positive = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Positive Prompt)", size=(440, 200),
-                      colors=POSITIVE_COLORS,
-                      text="The woman in the picture turns towards the window and smiles, wind moving her hair, the "
-                           "camera slowly pushes in, soft morning light, cinematic")
-    g.link(clip, 0, positive, "clip")
-    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(440, 200),
-                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
-    g.link(clip, 0, negative, "clip")
+    positive = text_encode(
+        g, clip, "positive",
+        "The woman in the picture turns towards the window and smiles, wind moving her hair, the camera "
+        "slowly pushes in, soft morning light, cinematic")
+    negative = text_encode(g, clip, "negative", WAN_NEGATIVE)
     vision = g.node("CLIPVisionEncode", (COL, None), crop="none")
     g.link(clip_vision, 0, vision, "clip_vision")
     g.link(image, 0, vision, "image")
@@ -651,13 +666,9 @@ def wan22_a14b_t2v() -> Graph:
                   "3s | Inside the car: the driver, a young man with sunglasses, laughs and turns up the radio, his "
                   "passenger's scarf fluttering\n"
                   "3s | The car parks at a viewpoint; the two friends step out and look at the sunset over the sea")
-    multishot = g.node("MoGAMultiShotPrompt", (COL, None), size=(520, 560), colors=POSITIVE_COLORS,
-                       shots=shots_text, global_prompt="Two friends in their twenties on a summer road trip. "
-                                                       "Cinematic, warm golden light, 35 mm film look.", fps=16.0)
-    g.link(clip, 0, multishot, "clip")
-    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(520, 200),
-                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
-    g.link(clip, 0, negative, "clip")
+    multishot = multishot_prompt(g, clip, shots_text, "Two friends in their twenties on a summer road trip. "
+                                                      "Cinematic, warm golden light, 35 mm film look.", fps=16.0)
+    negative = text_encode(g, clip, "negative", WAN_NEGATIVE, size=(520, 200))
     latent = g.node("EmptyHunyuanLatentVideo", (COL, None), width=832, height=480, length=81, batch_size=1)
     g.link(multishot, "frames", latent, "length")
     x = 2 * COL + 120
@@ -707,15 +718,12 @@ def wan22_ti2v_5b() -> Graph:
            (NOTE_X, None), (560, None), title="MoGA routers")
     unet_node, clip, vae = wan_loaders(g, unet, vae="wan2.2_vae.safetensors")
     image = g.node("LoadImage", (0, None), size=(360, 380), mode=4, image=START_IMAGE)
-    positive = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Positive Prompt)", size=(440, 220),
-                      colors=POSITIVE_COLORS,
-                      text="A street musician plays a cello in a snowy town square at night, warm light from the "
-                           "shop windows, passers-by stop to listen, snowflakes drifting, the camera slowly circles "
-                           "around him, cinematic")
-    g.link(clip, 0, positive, "clip")
-    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(440, 200),
-                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
-    g.link(clip, 0, negative, "clip")
+    positive = text_encode(
+        g, clip, "positive",
+        "A street musician plays a cello in a snowy town square at night, warm light from the shop windows, "
+        "passers-by stop to listen, snowflakes drifting, the camera slowly circles around him, cinematic",
+        size=(440, 220))
+    negative = text_encode(g, clip, "negative", WAN_NEGATIVE)
     latent = g.node("Wan22ImageToVideoLatent", (COL, None), width=1280, height=704, length=241, batch_size=1)
     cal_latent = g.node("Wan22ImageToVideoLatent", (COL, None), title="Calibration latent (33 frames)", width=1280,
                         height=704, length=33, batch_size=1)
@@ -761,10 +769,8 @@ def hunyuan_t2v_multishot() -> Graph:
     shots_text = ("2s | A small wooden rowing boat glides across a misty mountain lake at sunrise, wide shot\n"
                   "2s | Medium shot: the girl in the boat pulls the oars, ripples spreading on the calm water\n"
                   "2s | Close-up: she lets go of the oars and watches a heron take off from the reeds")
-    multishot = g.node("MoGAMultiShotPrompt", (COL, None), size=(520, 560), colors=POSITIVE_COLORS,
-                       shots=shots_text, global_prompt="A girl of about ten with a yellow raincoat and braided "
-                                                       "hair. Cinematic, soft diffuse light, high detail.", fps=24.0)
-    g.link(clip, 0, multishot, "clip")
+    multishot = multishot_prompt(g, clip, shots_text, "A girl of about ten with a yellow raincoat and braided "
+                                                      "hair. Cinematic, soft diffuse light, high detail.", fps=24.0)
     guidance = g.node("FluxGuidance", (COL, None), colors=POSITIVE_COLORS, guidance=6.0)
     g.link(multishot, "positive", guidance, "conditioning")
     negative = g.node("ConditioningZeroOut", (COL, None), title="Negative (unused at cfg 1)")
@@ -787,11 +793,7 @@ def hunyuan_t2v_multishot() -> Graph:
     scheduler = g.node("BasicScheduler", (x + 420, None), scheduler="simple", steps=20, denoise=1.0)
     g.link(shift, 0, scheduler, "model")
     sample = g.node("SamplerCustomAdvanced", (x + 820, None), size=(320, 160))
-    g.link(noise, 0, sample, "noise")
-    g.link(guider, 0, sample, "guider")
-    g.link(sampler_select, 0, sample, "sampler")
-    g.link(scheduler, 0, sample, "sigmas")
-    g.link(latent, 0, sample, "latent_image")
+    g.wire(sample, noise=noise, guider=guider, sampler=sampler_select, sigmas=scheduler, latent_image=latent)
     decode_and_save(g, sample, vae, x + 1200, fps=24.0, prefix="video/MoGA_hunyuan_video", step=5)
     g.note(MOGA_NOTE + "\n\nHere the sampler is split as in the HunyuanVideo template: **MoGA Long Video Guider** "
                        "(CFG, memory chunking, shot plan) plugs into SamplerCustomAdvanced.",
@@ -815,9 +817,7 @@ def calibrate_router() -> Graph:
     positive = g.node("CLIPTextEncode", (COL, None), title="Calibration prompt", size=(440, 200),
                       colors=POSITIVE_COLORS, text=CALIBRATION_PROMPT)
     g.link(clip, 0, positive, "clip")
-    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(440, 200),
-                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
-    g.link(clip, 0, negative, "clip")
+    negative = text_encode(g, clip, "negative", WAN_NEGATIVE)
     latent = g.node("EmptyHunyuanLatentVideo", (COL, None), width=832, height=480, length=33, batch_size=1)
     x = 2 * COL + 60
     router = calibration(g, unet_node, positive, negative, latent, x, cfg=6.0)
@@ -854,14 +854,11 @@ def load_saved_router() -> Graph:
            (NOTE_X, None), (560, None), title="Model links")
     unet_node, clip, vae = wan_loaders(g, unet)
     router = g.node("MoGALoadRouter", (0, None), colors=MOGA_COLORS, router_name=CALIBRATED_ROUTER)
-    positive = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Positive Prompt)", size=(440, 200),
-                      colors=POSITIVE_COLORS,
-                      text="A fox trots through a snowy birch forest in the morning, sunbeams between the trees, "
-                           "tracking shot, cinematic")
-    g.link(clip, 0, positive, "clip")
-    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(440, 200),
-                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
-    g.link(clip, 0, negative, "clip")
+    positive = text_encode(
+        g, clip, "positive",
+        "A fox trots through a snowy birch forest in the morning, sunbeams between the trees, tracking shot, "
+        "cinematic")
+    negative = text_encode(g, clip, "negative", WAN_NEGATIVE)
     latent = g.node("EmptyHunyuanLatentVideo", (COL, None), width=832, height=480, length=161, batch_size=1)
     x = 2 * COL + 60
     patched = moga_apply(g, unet_node, router, x)
@@ -869,10 +866,7 @@ def load_saved_router() -> Graph:
     g.link(patched, 0, shift, "model")
     sampler = g.node("KSampler", (x + 420, None), size=(340, 480), seed=0, steps=30, cfg=6.0,
                      sampler_name="uni_pc", scheduler="simple", denoise=1.0)
-    g.link(shift, 0, sampler, "model")
-    g.link(positive, 0, sampler, "positive")
-    g.link(negative, 0, sampler, "negative")
-    g.link(latent, 0, sampler, "latent_image")
+    g.wire(sampler, model=shift, positive=positive, negative=negative, latent_image=latent)
     decode_and_save(g, sampler, vae, x + 820, fps=16.0, prefix="video/MoGA_wan2.1_t2v_1.3B", step=5)
     g.note(MOGA_NOTE + "\n\n**MoGA Router Loader** reads routers from `models/moga/`; MoGA works with the stock "
                        "KSampler as well (here: 10 s, one prompt, 63,960 tokens at 480p).", (x, None), (880, None),
@@ -885,8 +879,8 @@ def load_saved_router() -> Graph:
 
 
 WORKFLOWS = {
-    "wan2.1_t2v_1.3B_multishot_moga": wan21_t2v_1_3b,
-    "wan2.1_t2v_14B_multishot_moga": wan21_t2v_14b,
+    **{name: functools.partial(wan21_t2v_multishot, name, unet, shots, global_prompt, hint, prefix=prefix)
+       for name, unet, shots, global_prompt, hint, prefix in WAN21_T2V_EXAMPLES},
     "wan2.1_i2v_14B_moga": wan21_i2v_14b,
     "wan2.2_a14b_t2v_moga": wan22_a14b_t2v,
     "wan2.2_ti2v_5B_moga": wan22_ti2v_5b,

@@ -29,6 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
+from einops import rearrange
 
 import comfy.model_management
 import comfy.patcher_extension
@@ -316,13 +317,13 @@ class MogaPatch(BlockPatch):
         if q.shape != k.shape or q.shape != v.shape or kwargs.get("enable_gqa") or \
                 "low_precision_attention" in kwargs:
             return self._dense("not self-attention")
+        # ComfyUI passes (B, N, H·D), or (B, H, N, D) with skip_reshape; moga_core takes (B, N, H, D)
         if skip_reshape:
-            b, h, n, d = q.shape
+            n = q.shape[2]
         else:
-            b, n, hd = q.shape
-            if heads is None or hd % heads:
+            n = q.shape[1]
+            if heads is None or q.shape[2] % heads:
                 return self._dense("head layout")
-            h, d = heads, hd // heads
         layout = route.layout
         if n != layout.num_tokens:
             return self._dense("token count mismatch")
@@ -334,18 +335,14 @@ class MogaPatch(BlockPatch):
         captions = self._caption_keep(route, layout, n, kwargs.get("transformer_options") or {}, q.device)
         if captions is not None:
             global_keep = captions if global_keep is None else captions & global_keep[None]
-        if skip_reshape:
-            q4, k4, v4 = (t.transpose(1, 2) for t in (q, k, v))
-        else:
-            q4, k4, v4 = (t.view(b, n, h, d) for t in (q, k, v))
+        pattern = "b h n d -> b n h d" if skip_reshape else "b n (h d) -> b n h d"
+        q4, k4, v4 = (rearrange(t, pattern, **({} if skip_reshape else {"h": heads})) for t in (q, k, v))
         gate = route.gate if self.cfg.combine == "mean" else None
         out = moga_attention(q4, k4, v4, layout, self.cfg, route.groups, gate, scale=kwargs.get("scale"),
                              global_keep=global_keep)
         with self._lock:
             self.stats["sparse_calls"][(route.key.block_type, route.key.block_index)] += 1
-        if skip_output_reshape:
-            return out.transpose(1, 2)
-        return out.reshape(b, n, h * d)
+        return rearrange(out, "b n h d -> b h n d" if skip_output_reshape else "b n h d -> b n (h d)")
 
     def _caption_keep(self, route: Route, layout: VideoLayout, n: int, to: dict, device):
         """(T, prefix + suffix) caption visibility per latent frame when the cond carries per-shot captions."""

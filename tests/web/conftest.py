@@ -27,7 +27,8 @@ if PACK_ROOT not in sys.path:
 
 from devtools import workflow_graph as workflow_tools  # noqa: E402
 
-SETUP_HINT = "run `bash .ci/setup-browser.sh` (installs Chromium and the npm packages of tests/web)"
+SETUP_HINT = ("run `bash .ci/setup-browser.sh` once (installs Chromium, Node.js >= 20 and playwright-core), "
+              "then run the tests again")
 # browser settings for the test profile: no minimap over the canvas, no first-run tour, validate loaded workflows
 # (the frontend then reports broken links, which the workflow check asserts against)
 TEST_SETTINGS = {
