@@ -6,7 +6,10 @@ not). The options of *when and where* MoGA runs (start/end percent, dense blocks
 options; their defaults are `PatchOptions`'s.
 
 To surface a new `MogaConfig` field on the nodes: add one `Option` at the END of `OPTIONS` (``widgets_values`` in
-saved workflows are positional, so existing inputs keep their order and ids).
+saved workflows are positional, so existing inputs keep their order and ids), e.g. for ``capacity: float | None``:
+
+    Option("capacity", io.Float, "...", field="capacity", default=0.0, to_field=lambda v: v or None,
+           advanced=True, widget_args={"min": 0.0, "max": 16.0, "step": 0.05})
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ class Option:
     id: str
     widget: type
     tooltip: str
-    field: str = ""
+    field: str
     part: int | None = None
     advanced: bool = False
     default: Any = None

@@ -1,4 +1,5 @@
-"""MoGA's options on the nodes: one table (nodes/options.py) over MogaConfig; stable ids; what the default view shows."""
+"""MoGA's options on the nodes: one table (nodes/options.py) over MogaConfig; stable ids; what the default view shows;
+every module of the pack imports inside ComfyUI."""
 
 from __future__ import annotations
 
@@ -71,3 +72,19 @@ def test_node_values_become_the_config(moga, options):
 def test_calibration_seed_is_fixed_by_default(moga):
     inputs, _ = schema_inputs(moga.NODES["MoGACalibrateRouter"])
     assert inputs["seed"][1]["control_after_generate"] == "fixed"
+
+
+def test_every_module_of_the_pack_imports_inside_comfyui(moga):
+    """Each module on its own, as ComfyUI's loader sees the pack (the static cycle check: tests/core)."""
+    import pkgutil
+    import sys
+
+    pack = sys.modules[moga.name]
+    names = []
+    for sub in ("nodes", "moga_core"):
+        package = import_module(f"{moga.name}.{sub}")
+        names += [info.name for info in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}.")]
+    assert f"{moga.name}.nodes.wiring" in names and f"{moga.name}.nodes.adapters.hunyuan" in names
+    for name in names:
+        assert import_module(name).__name__ == name
+    assert pack.comfy_entrypoint is not None
