@@ -33,7 +33,7 @@ from einops import rearrange
 
 import comfy.model_management
 import comfy.patcher_extension
-from ..moga_core import MogaConfig, VideoLayout, moga_attention
+from ..moga_core import VideoLayout, moga_attention
 from ..moga_core.routers import RouterSet
 
 from . import wiring
