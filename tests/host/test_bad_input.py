@@ -129,3 +129,17 @@ def test_fuzzed_router_names_stay_inside_models_moga(save_router, tmp_path):
         accepted += 1
         assert os.path.commonpath([real_root, os.path.realpath(path)]) == real_root, name
     assert accepted > 5
+
+
+def test_fuzzed_router_names_to_load_are_found_or_refused(moga, models_dir):
+    """MoGA Router Loader / Model Loader accept exactly the files in models/moga; any other name gets a message."""
+    (models_dir / "moga" / "mine.safetensors").write_bytes(b"")
+    import folder_paths
+
+    folder_paths.filename_list_cache.clear()
+    loader, model_loader = moga.NODES["MoGALoadRouter"], moga.NODES["MoGALoadModel"]
+    assert loader.validate_inputs("mine.safetensors") is True
+    for name in random_texts(5, count=200, longest=20) + ["../mine.safetensors", "/mine.safetensors", "mine"]:
+        for node in (loader, model_loader):
+            verdict = node.validate_inputs(router_name=name)
+            assert verdict is not True and "models/moga" in verdict, (node, name)
