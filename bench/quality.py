@@ -9,7 +9,7 @@ branches on), local branches only, random groups, and an SVG2-style per-head k-m
     # the GPU run (one H100, about 8 minutes); writes quality.json, QUALITY.md, checkpoints and a log under --out
     COMFYUI_PATH=.comfy python bench/quality.py --device cuda --all --out "$OUT"      (or: bash bench/quality_gpu.sh)
     # the same pipeline on a tiny slice, on CPU (what tests/host/test_quality_slice.py runs)
-    COMFYUI_PATH=/opt/comfyui python bench/quality.py --device cpu --tiny --all --out /tmp/q
+    COMFYUI_PATH=/path/to/ComfyUI python bench/quality.py --device cpu --tiny --all --out /tmp/q
     # docs/QUALITY.md from a results file (no hand-editing)
     python bench/quality.py --write-doc quality.json [--doc docs/QUALITY.md]
 
@@ -540,9 +540,9 @@ def compact_table(data: dict) -> str:
     return "\n".join(lines)
 
 
-DOC_COMMAND_GPU = "bash bench/quality_gpu.sh   # = COMFYUI_PATH=.comfy python bench/quality.py --device cuda --all --out \"$OUT\""
+DOC_COMMAND_GPU = "COMFYUI_PATH=/path/to/ComfyUI python bench/quality.py --device cuda --all --out quality_out"
 DOC_COMMAND_DOC = "python bench/quality.py --write-doc quality.json --doc docs/QUALITY.md"
-DOC_COMMAND_CPU = "COMFYUI_PATH=/opt/comfyui python bench/quality.py --device cpu --tiny --all --out /tmp/q"
+DOC_COMMAND_CPU = "COMFYUI_PATH=/path/to/ComfyUI python bench/quality.py --device cpu --tiny --all --out /tmp/q"
 
 _LABELS = {key: label for key, label, _ in ROWS}
 
@@ -628,11 +628,10 @@ def render_doc(data: dict | None) -> str:
     out += _doc_recommendation(data if measured else None)
     out += ["", "## Regenerate", "",
             "On a GPU machine (one H100: about 8 minutes for training, fine-tune, distillation and evaluation):", "",
-            "```", "bash bench/prepare_gpu_carry.sh      # here: ComfyUI's comfy/ import chain -> .comfy/, wheels -> .whl/",
-            DOC_COMMAND_GPU, "```", "",
+            "```", DOC_COMMAND_GPU, "```", "",
             "It writes `quality.json`, `QUALITY.md` (this page), `quality_dense.safetensors` (the dense checkpoint, "
             "fp16), `quality_moga_ft.safetensors` (fine-tuned model with router keys), the two router files and "
-            "`quality.log` to `$OUT`. This page from the JSON, without hand-editing:", "",
+            "`quality.log` to `quality_out/`. This page from the JSON, without hand-editing:", "",
             "```", DOC_COMMAND_DOC, "```", "",
             "The CPU test `tests/host/test_quality_slice.py` runs the same pipeline on a tiny slice (every row) in CI:",
             "", "```", DOC_COMMAND_CPU, "```", "",

@@ -10,6 +10,8 @@ Accuracy columns: ``err vs dense`` = ‖MoGA − dense‖/‖dense‖ (what the 
 (whether the fast path computes MoGA exactly).
 """
 
+
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +24,23 @@ import torch
 
 from .attention import moga_attention
 from .backends import available_backends
-from .config import MogaConfig, VideoLayout
+from .config import BACKENDS, MogaConfig, VideoLayout
 from .router import Router
 from .synthetic import even_shots, grid_for_tokens, structured_video_tokens, synthetic_qkv
+
+COLUMNS = """output columns:
+  variant           dense SDPA (the kernel named), or MoGA in a mode: mean / union = how branches combine,
+                    +local = with the spatio-temporal window and per-frame branches, balanced = equal-size groups
+  median ms         median wall time of one attention layer call (routing and packing included for MoGA)
+  eff. TFLOP/s      dense-equivalent FLOPs actually computed (4·H·D·N²·density) per second; n/a on CPU, where
+                    these float32 timings only check that the code runs, not how fast a GPU kernel is
+  density           query-key scores MoGA computes, as a share of dense attention's N² (dense = 1.000); a key
+                    that two branches both see is counted by each, so small videos with large windows can exceed 1
+                    (MoGA then costs more than dense: it pays off on long videos)
+  speedup vs dense  the best dense kernel's time / this row's time
+  err vs dense      ||MoGA - dense|| / ||dense||: how far the sparse result is from full attention on these tokens
+  check             max|fast - float32 loop| / max|loop| on the same groups: 0 to rounding means the fast path
+                    computes MoGA exactly (1e-3 is bf16 rounding)"""
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -161,31 +177,49 @@ def run_bench(tokens: int = 32760, heads: int = 12, head_dim: int = 128, groups:
 def format_table(result: dict) -> str:
     head = (f"{result['device']} · torch {result['torch']} · N={result['tokens']} grid={tuple(result['grid'])} "
             f"shots={len(result['shots'])} · H={result['heads']} D={result['head_dim']} · {result['dtype']}")
+    on_gpu = result["device"] != "cpu"
     lines = [head, "", "| variant | median ms | eff. TFLOP/s | density | speedup vs dense | err vs dense | check |",
              "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append("| {} | {:.2f} | {:.0f} | {:.3f} | {} | {} | {} |".format(
-            r["variant"], r["ms"], r["tflops"], r["density"],
+        lines.append("| {} | {:.2f} | {} | {:.3f} | {} | {} | {} |".format(
+            r["variant"], r["ms"], f"{r['tflops']:.0f}" if on_gpu else "n/a", r["density"],
             f"{r['speedup']:.2f}x" if "speedup" in r else "1.00x" if r["ms"] else "",
             f"{r['err_vs_dense']:.3f}" if "err_vs_dense" in r else "",
             f"{r['check']:.1e}" if "check" in r else ""))
+    if not on_gpu:
+        lines += ["", "eff. TFLOP/s: n/a on CPU (float32 timings there only show the code runs; use --device cuda)"]
+    lines += ["", "columns: `python -m moga_core bench --help`"]
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m moga_core bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--tokens", type=int, default=32760)
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--head-dim", type=int, default=128)
-    p.add_argument("--groups", type=int, default=8)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--shots", type=int, default=3)
-    p.add_argument("--backend", default="auto")
+    p = argparse.ArgumentParser(prog="python -m moga_core bench", description=__doc__.split("\n\n")[0],
+                                epilog=COLUMNS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where to run: cuda (or cuda:N) or cpu (default: cuda when torch sees a GPU)")
+    p.add_argument("--tokens", type=int, default=32760,
+                   help="video tokens N (rounded to a latent grid T x H x W; 32,760 = 5 s of 480p Wan; "
+                        "default %(default)s)")
+    p.add_argument("--heads", type=int, default=12,
+                   help="attention heads H (Wan 1.3B: 12, 14B: 40; default %(default)s)")
+    p.add_argument("--head-dim", type=int, default=128, help="channels per head D (default %(default)s)")
+    p.add_argument("--groups", type=int, default=8, help="router groups M (the paper: 5 for 30 s, 20 for 60 s; "
+                                                         "default %(default)s)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16",
+                   help="precision of q, k, v on the GPU (CPU always runs float32; default %(default)s)")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per row after 2 warm-up calls; the median "
+                                                           "is printed (default %(default)s)")
+    p.add_argument("--shots", type=int, default=3, help="shots the synthetic video is cut into; local windows break "
+                                                        "at the cuts (default %(default)s)")
+    p.add_argument("--backend", default="auto", choices=list(BACKENDS),
+                   help="kernel for MoGA's grouped calls; auto picks the fastest installed (see `python -m moga_core "
+                        "info`; default %(default)s)")
     p.add_argument("--modes", default="mean,mean+local,union+local,mean balanced",
-                   help="comma list of: mean, mean+local, union, union+local, mean balanced, …")
-    p.add_argument("--no-check", action="store_true", help="skip the float32 exactness check")
+                   help="comma list of MoGA rows: mean or union (how branches combine), +local (window and frame "
+                        "branches on), balanced (equal-size groups), e.g. 'union+local,mean balanced' "
+                        "(default %(default)r)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the check column (the float32 loop it compares against is slow on long videos)")
     p.add_argument("--json", help="also write the result as JSON to this path")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

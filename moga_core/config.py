@@ -9,7 +9,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-COMBINE_MODES = ("mean", "union")
+COMBINE_MODES = ("union", "mean")  # the valid values of MogaConfig.combine (and of a router file's)
 BACKENDS = ("auto", "flex", "varlen", "flash_attn", "cudnn_varlen", "torch_varlen", "sdpa", "loop")
 
 
@@ -123,7 +123,10 @@ class MogaConfig:
     temporal_group: int = 10
     neighbor_frames: int = 2
     frame_branch: bool = True
-    combine: str = "mean"
+    # "union" by default: it is exact softmax attention on any weights (M = 1 is dense), so it is right for the
+    # stock weights and calibrated routers this pack is used with; "mean" is right only for weights trained with
+    # MoGA, whose router files say so (RouterSet.combine), and the nodes' "router default" follows the file.
+    combine: str = "union"
     balanced: bool = False
     backend: str = "auto"
     capacity: float | None = None
@@ -162,10 +165,6 @@ class MogaConfig:
             capacity = float(capacity)
         object.__setattr__(self, "capacity", capacity)
         object.__setattr__(self, "balanced", capacity == 1.0)
-
-    @property
-    def has_local(self) -> bool:
-        return self.window is not None or self.frame_branch
 
     @property
     def num_branches(self) -> int:

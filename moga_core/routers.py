@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .config import COMBINE_MODES
 from .router import Router
 
 FORMAT_VERSION = 1
@@ -35,7 +36,7 @@ class RouterSet:
     model_family: str
     hidden_size: int
     num_blocks: int
-    combine: str = "union"
+    combine: str = "union"  # how the routers are meant to be used: "union" (calibrated), "mean" (trained)
     source: str = "calibrated"
     router_input: str = ROUTER_INPUT
     extra: dict = field(default_factory=dict)
@@ -52,8 +53,8 @@ class RouterSet:
         bad = [i for i in self.routers if not 0 <= i < self.num_blocks]
         if bad:
             raise ValueError(f"router block indices {bad} outside the model's {self.num_blocks} blocks")
-        if self.combine not in ("mean", "union"):
-            raise ValueError(f"combine must be 'mean' or 'union', got {self.combine!r}")
+        if self.combine not in COMBINE_MODES:
+            raise ValueError(f"combine must be one of {COMBINE_MODES}, got {self.combine!r}")
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from . import wiring
 from .options import option_inputs, options_from_inputs
 from .patcher import install
 from .types import MogaRouter, MogaShots
@@ -34,8 +35,7 @@ class MoGAApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, router, shots=None, **options) -> io.NodeOutput:
         patched = model.clone()
-        patch_options = options_from_inputs(**options)
         if shots is not None:
-            patch_options.shots = tuple(shots.latent_starts)
-        install(patched, router, patch_options)
+            wiring.set_shot_cuts(patched, shots.latent_starts)
+        install(patched, router, options_from_inputs(**options))
         return io.NodeOutput(patched)

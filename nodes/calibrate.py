@@ -1,7 +1,8 @@
 """MoGACalibrateRouter: routers without training, from a short sampling pass of the user's own model.
 
-The pass runs dense (nothing is patched but a block hook that records each block's router input); a seeded
-reservoir keeps a uniform sample of those inputs per block; k-means on each sample gives an exact linear router
+The pass runs dense: `CapturePatch`, installed through the same adapter-driven hooks as MoGA (`patcher.install_patch`),
+records each block's router input and changes nothing; a seeded reservoir keeps a uniform sample of those inputs per
+block; k-means on each sample gives an exact linear router
 (`moga_core.Router.fit`). Calibrated routers are meant for ``combine="union"``.
 """
 
@@ -18,8 +19,8 @@ from comfy_api.latest import io
 
 from ..moga_core import Router
 from ..moga_core.routers import RouterSet
-from .adapters import adapter_for
-from .patcher import PatchOptions, install
+from .adapters import BlockKey, ModelAdapter, adapter_for
+from .patcher import BlockPatch, ForwardInfo, install_patch
 from .types import MogaRouter
 
 
@@ -59,6 +60,24 @@ class RouterInputSample:
         return self.buffers[index][: min(self.seen[index], self.capacity)]
 
 
+class CapturePatch(BlockPatch):
+    """A calibration pass's patch holder: gives every block's router input to a `RouterInputSample`, routes nothing."""
+
+    def __init__(self, adapter: ModelAdapter, sample: RouterInputSample):
+        super().__init__(adapter)
+        self.sample = sample
+
+    def takes_block(self, key: BlockKey) -> bool:
+        return True
+
+    def before_block(self, key: BlockKey, args: dict, to: dict, info: ForwardInfo):
+        found = self.video_tokens(key, args, to, info)
+        if found is not None:
+            with torch.no_grad():
+                self.sample.add(key.index, self.adapter.router_input(key, args, found[1]))
+        return None
+
+
 def calibrate(model, positive, negative, latent, steps: int, cfg: float, sampler_name: str, scheduler: str,
               seed: int, groups: int, tokens_per_block: int = 8192, iters: int = 25) -> RouterSet:
     adapter = adapter_for(model)
@@ -66,7 +85,7 @@ def calibrate(model, positive, negative, latent, steps: int, cfg: float, sampler
         raise ValueError(f"groups must be >= 1, got {groups}")
     sample = RouterInputSample(tokens_per_block, seed)
     probe = model.clone()
-    install(probe, None, PatchOptions(), capture=sample)
+    install_patch(probe, CapturePatch(adapter, sample))
     comfy_nodes.common_ksampler(probe, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent)
     blocks = adapter.blocks()
     missing = [k.index for k in blocks if sample.sample(k.index) is None]
@@ -115,8 +134,10 @@ class MoGACalibrateRouter(io.ComfyNode):
                                tooltip="Scheduler of the calibration pass."),
                 io.Int.Input("groups", default=5, min=1, max=256,
                              tooltip="M, the number of groups (the paper: 5 for 30 s, 20 for 60 s)."),
-                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                             tooltip="Seed of the pass's noise, the token sample and k-means."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff,
+                             control_after_generate=io.ControlAfterGenerate.fixed,
+                             tooltip="Seed of the pass's noise, the token sample and k-means (fixed, so ComfyUI "
+                                     "reuses the routers instead of recalibrating on every queue)."),
                 io.Int.Input("tokens_per_block", default=8192, min=64, max=1 << 20, advanced=True,
                              tooltip="Router-input rows kept per block for k-means (CPU memory: rows x width x 2 "
                                      "bytes per block)."),

@@ -26,8 +26,10 @@ import comfy.utils
 import latent_preview
 from comfy_api.latest import io
 
+from . import wiring
 from .adapters import adapter_for
-from .shots import LAYOUT_SHOTS, ShotPlan
+from .patcher import GroupMapProbe, MogaPatch, summarize_run
+from .shots import MAX_FRAMES, ShotPlan
 from .types import MogaShots
 
 log = logging.getLogger("moga")
@@ -129,7 +131,7 @@ def prepare_model(model, plan: ShotPlan | None, ffn_chunk_tokens: int, context_f
     if chunk > 0:
         chunk_ffns(m, chunk)
     if plan is not None:
-        m.model_options.setdefault("transformer_options", {})[LAYOUT_SHOTS] = tuple(plan.latent_starts)
+        wiring.set_shot_cuts(m, plan.latent_starts)
     if context_frames > 0:
         length = max(1, (context_frames - 1) // 4 + 1)
         overlap = max(0, (context_overlap - 1) // 4 + 1) if context_overlap > 0 else 0
@@ -300,7 +302,7 @@ class MoGALongVideoSampler(io.ComfyNode):
                                         "length."),
                 io.Int.Input("width", default=832, min=16, max=8192, step=16, tooltip="Video width in pixels."),
                 io.Int.Input("height", default=480, min=16, max=8192, step=16, tooltip="Video height in pixels."),
-                io.Int.Input("length", default=81, min=1, max=100000, step=4,
+                io.Int.Input("length", default=81, min=1, max=MAX_FRAMES, step=4,
                              tooltip="Frames (4k+1) when no shot plan is connected."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="Noise seed."),
@@ -351,19 +353,22 @@ class MoGALongVideoSampler(io.ComfyNode):
         result.pop("downscale_ratio_spacial", None)
         result["samples"] = out
         log.info("MoGA long video: %s", clock.texts[-1] if clock.texts else "no steps")
-        ui = {"moga_group_map": [probe.snapshot]} if probe is not None and probe.snapshot else None
-        return io.NodeOutput(result, ui=ui)
+        ui = {}
+        if probe is not None and probe.snapshot:
+            ui["moga_group_map"] = [probe.snapshot]
+        patch = wiring.patch_of(guider.model_patcher)
+        if isinstance(patch, MogaPatch):  # what MoGA did in this run, also when it stayed dense
+            ui["moga_run"] = [summarize_run(patch.last_run_stats)]
+        return io.NodeOutput(result, ui=ui or None)
 
 
 def _group_map_probe(model, plan: ShotPlan | None):
     """For a MoGA-patched model: record the routing of a middle block for the web group-map view."""
-    from .patcher import GROUP_MAP, GroupMapProbe, patch_of
-
-    patch = patch_of(model)
-    if patch is None or patch.routers is None:
+    patch = wiring.patch_of(model)
+    if not isinstance(patch, MogaPatch):
         return None
     routed = sorted(patch.routers.routers)
     frame = plan.latent_starts[1] if plan is not None and plan.num_shots > 1 else None
     probe = GroupMapProbe(routed[len(routed) // 2], frame)
-    model.model_options.setdefault("transformer_options", {})[GROUP_MAP] = probe
+    model.model_options.setdefault("transformer_options", {})[wiring.GROUP_MAP] = probe
     return probe

@@ -1,70 +1,187 @@
-"""The patch options shared by MoGAApply and MoGALoadModel: one definition of inputs, tooltips and parsing."""
+"""MoGA's options on a node: one table from which the inputs of MoGAApply and MoGALoadModel and `PatchOptions` derive.
+
+`moga_core.config.MogaConfig` is the source of every attention option, its default and its valid values
+(``COMBINE_MODES``, ``BACKENDS``); this file only says how each one is shown (widget, range, tooltip, advanced or
+not). The options of *when and where* MoGA runs (start/end percent, dense blocks, min tokens) are not attention
+options; their defaults are `PatchOptions`'s.
+
+To surface a new `MogaConfig` field on the nodes: add one `Option` at the END of `OPTIONS` (``widgets_values`` in
+saved workflows are positional, so existing inputs keep their order and ids), as ``capacity`` is.
+
+`PACK_DEFAULTS`: where the pack's default differs from the library's (`MogaConfig` stays the paper's method:
+unbounded groups), with the measurement that chose it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable
+
 from comfy_api.latest import io
 
-from ..moga_core.config import BACKENDS
-from .patcher import PatchOptions
+from ..moga_core.config import BACKENDS, COMBINE_MODES, MogaConfig
 
-COMBINE_CHOICES = ["router default", "union", "mean"]
-
-
-def option_inputs() -> list:
-    """V3 inputs (ids are stable: workflows and scripts rely on them)."""
-    return [
-        io.Combo.Input("combine", options=COMBINE_CHOICES, default="router default",
-                       tooltip="How the group attention and the local windows combine. 'union': exact attention over "
-                               "group keys plus local keys (for stock weights and calibrated routers). 'mean': the "
-                               "paper's average of branches (only for MoGA-trained weights). 'router default' uses "
-                               "what the router file says."),
-        io.Int.Input("windows_h", default=2, min=0, max=64,
-                     tooltip="Spatial windows per latent frame along the height for the local branch (the paper: 2). "
-                             "0 turns the window branch off."),
-        io.Int.Input("windows_w", default=2, min=0, max=64,
-                     tooltip="Spatial windows per latent frame along the width (the paper: 2). 0 turns the window "
-                             "branch off."),
-        io.Int.Input("temporal_group", default=10, min=1, max=1024,
-                     tooltip="Latent frames per temporal group of the window branch; groups restart at every shot "
-                             "cut (1 latent frame = 4 video frames)."),
-        io.Int.Input("neighbor_frames", default=2, min=0, max=64,
-                     tooltip="Latent frames of the adjacent shot that the first/last window of a shot also sees "
-                             "(keys only), against flicker at cuts."),
-        io.Boolean.Input("frame_branch", default=True,
-                         tooltip="Also attend to every token of the query's own latent frame."),
-        io.Boolean.Input("balanced", default=False, advanced=True,
-                         tooltip="Force equal group sizes (a token over capacity goes to its next-best group): "
-                                 "one batched attention call, faster, slightly less faithful."),
-        io.Float.Input("start_percent", default=0.2, min=0.0, max=1.0, step=0.01,
-                       tooltip="Sampling progress before which attention stays dense (a dense warm-up keeps the "
-                               "composition of stock models; 0 = MoGA from the first step)."),
-        io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
-                       tooltip="Sampling progress after which attention is dense again (1 = MoGA to the end)."),
-        io.String.Input("dense_blocks", default="",
-                        tooltip="Blocks that stay dense, e.g. '0,1,-1' or '0-2' (negative counts from the end; "
-                                "HunyuanVideo numbers double blocks first, then single blocks)."),
-        io.Int.Input("min_tokens", default=16384, min=0, max=1 << 24,
-                     tooltip="Sequences shorter than this stay dense (MoGA pays off on long videos; 32,760 tokens "
-                             "= 5 s of 480p Wan)."),
-        io.Combo.Input("backend", options=list(BACKENDS), default="auto", advanced=True,
-                       tooltip="Attention kernel for the grouped calls; 'auto' picks the fastest installed "
-                               "(see `python -m moga_core info`)."),
-    ]
+ROUTER_DEFAULT = "router default"  # combine: what the router file says ("mean" if trained, "union" if calibrated)
+COMBINE_CHOICES = [ROUTER_DEFAULT, *COMBINE_MODES]
+_CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(MogaConfig)}
+_ATTENTION_FIELDS = set(_CONFIG_FIELDS) - {"num_groups"}  # num_groups is the router's
+# capacity 1.25: on an H200 (bench/results/h200_union_kernel.json, 187,200 tokens, M = 5, union, k-means routers)
+# it ran 2.94x dense against 2.61x unbounded and 3.09x balanced, with error vs dense 0.061 (unbounded 0.057, balanced
+# 0.072); and it keeps a router that does not fit the video (one group for most tokens) from making MoGA slower
+# than dense. docs/PERFORMANCE.md has the table.
+PACK_DEFAULTS = {"capacity": 1.25}
 
 
-def options_from_inputs(combine: str, windows_h: int, windows_w: int, temporal_group: int, neighbor_frames: int,
-                        frame_branch: bool, balanced: bool, start_percent: float, end_percent: float,
-                        dense_blocks: str, min_tokens: int, backend: str) -> PatchOptions:
-    if combine not in COMBINE_CHOICES:
-        raise ValueError(f"combine must be one of {COMBINE_CHOICES}, got {combine!r}")
-    if end_percent < start_percent:
-        raise ValueError(f"end_percent ({end_percent}) must not be below start_percent ({start_percent})")
-    if (windows_h == 0) != (windows_w == 0):
-        raise ValueError(f"windows_h and windows_w must both be 0 (window branch off) or both >= 1; got "
-                         f"{windows_h} and {windows_w}")
-    return PatchOptions(
-        combine=None if combine == "router default" else combine,
-        window=None if windows_h == 0 else (windows_h, windows_w),
-        temporal_group=temporal_group, neighbor_frames=neighbor_frames, frame_branch=frame_branch,
-        balanced=balanced, start_percent=start_percent, end_percent=end_percent, dense_blocks=dense_blocks,
-        min_tokens=min_tokens, backend=backend)
+class PatchOptions:
+    """What the user chose on the node.
+
+    ``config``: the `MogaConfig` fields the user set (a field left out keeps MogaConfig's default; ``num_groups``
+    always comes from the routers; ``combine`` left out or None takes the router file's own). The other attributes
+    say when and where MoGA runs; their defaults are the ones the node shows. ``PatchOptions(start_percent=0,
+    temporal_group=2)`` sets both kinds at once.
+    """
+
+    def __init__(self, start_percent: float = 0.2, end_percent: float = 1.0, dense_blocks: str = "",
+                 min_tokens: int = 16384, **config: Any):
+        # start_percent 0.2: a dense warm-up keeps the composition of stock models; min_tokens 16384: shorter
+        # sequences stay dense, MoGA pays off on long videos
+        unknown = sorted(set(config) - _ATTENTION_FIELDS)
+        if unknown:
+            raise ValueError(f"PatchOptions: unknown option(s) {unknown}; attention options are the fields of "
+                             f"MogaConfig except num_groups: {sorted(_ATTENTION_FIELDS)}")
+        self.config = {name: value for name, value in config.items() if not (name == "combine" and value is None)}
+        self.start_percent = float(start_percent)
+        self.end_percent = float(end_percent)
+        self.dense_blocks = dense_blocks
+        self.min_tokens = int(min_tokens)
+        if not (0.0 <= self.start_percent <= 1.0 and 0.0 <= self.end_percent <= 1.0) or \
+                self.end_percent < self.start_percent:
+            raise ValueError(f"end_percent ({end_percent}) must not be below start_percent ({start_percent}), and "
+                             "both must lie in 0..1")
+        self.moga_config(num_groups=1, router_combine=COMBINE_MODES[0])  # MogaConfig checks every value now
+
+    def __repr__(self) -> str:
+        return (f"PatchOptions(start_percent={self.start_percent}, end_percent={self.end_percent}, "
+                f"dense_blocks={self.dense_blocks!r}, min_tokens={self.min_tokens}, config={self.config})")
+
+    def moga_config(self, num_groups: int, router_combine: str) -> MogaConfig:
+        """The attention config for routers of ``num_groups`` groups whose file says ``router_combine``."""
+        config = {"combine": router_combine, **PACK_DEFAULTS, **self.config, "num_groups": num_groups}
+        if config.get("balanced"):
+            config["capacity"] = None  # balanced (older workflows) is capacity 1.0, whatever the capacity input says
+        return MogaConfig(**config)
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one option is shown on the nodes.
+
+    ``field``: the `MogaConfig` (or `PatchOptions`) field it sets; ``part``: which entry of a tuple field (the window
+    counts); ``to_field``: node value -> field value (e.g. 0 -> None); ``default``: the node's default when the field's
+    own cannot be shown as is (None: the field's default).
+    """
+
+    id: str
+    widget: type
+    tooltip: str
+    field: str
+    part: int | None = None
+    advanced: bool = False
+    default: Any = None
+    to_field: Callable[[Any], Any] | None = None
+    widget_args: dict = dataclasses.field(default_factory=dict)
+
+    def default_value(self) -> Any:
+        if self.default is not None:
+            return self.default
+        source = _CONFIG_FIELDS.get(self.field) or _PATCH_FIELDS[self.field]
+        value = source.default
+        return value[self.part] if self.part is not None else value
+
+    def input(self) -> io.Input:
+        return self.widget.Input(self.id, default=self.default_value(), tooltip=self.tooltip,
+                                 advanced=self.advanced or None, **self.widget_args)
+
+
+# the defaults of the when-and-where options are PatchOptions'
+_PATCH_FIELDS = {name: param for name, param in inspect.signature(PatchOptions.__init__).parameters.items()
+                 if param.kind is param.POSITIONAL_OR_KEYWORD and name != "self"}
+
+
+OPTIONS: list[Option] = [
+    Option("combine", io.Combo, field="combine", default=ROUTER_DEFAULT,
+           to_field=lambda v: None if v == ROUTER_DEFAULT else v, widget_args={"options": COMBINE_CHOICES},
+           tooltip="How the group attention and the local windows combine. 'union': exact attention over group keys "
+                   "plus local keys (for stock weights and calibrated routers). 'mean': the paper's average of "
+                   "branches (only for MoGA-trained weights). 'router default' uses what the router file says."),
+    Option("windows_h", io.Int, field="window", part=0, advanced=True, widget_args={"min": 0, "max": 64},
+           tooltip="Spatial windows per latent frame along the height for the local branch (the paper: 2). 0 turns "
+                   "the window branch off."),
+    Option("windows_w", io.Int, field="window", part=1, advanced=True, widget_args={"min": 0, "max": 64},
+           tooltip="Spatial windows per latent frame along the width (the paper: 2). 0 turns the window branch off."),
+    Option("temporal_group", io.Int, field="temporal_group", advanced=True, widget_args={"min": 1, "max": 1024},
+           tooltip="Latent frames per temporal group of the window branch; groups restart at every shot cut "
+                   "(1 latent frame = 4 video frames)."),
+    Option("neighbor_frames", io.Int, field="neighbor_frames", advanced=True, widget_args={"min": 0, "max": 64},
+           tooltip="Latent frames of the adjacent shot that the first/last window of a shot also sees (keys only), "
+                   "against flicker at cuts."),
+    Option("frame_branch", io.Boolean, field="frame_branch", advanced=True,
+           tooltip="Also attend to every token of the query's own latent frame."),
+    Option("balanced", io.Boolean, field="balanced", advanced=True,
+           tooltip="Force equal group sizes: the same as capacity 1.0 (and it wins over the capacity input). "
+                   "Fastest, least faithful."),
+    Option("start_percent", io.Float, field="start_percent", widget_args={"min": 0.0, "max": 1.0, "step": 0.01},
+           tooltip="Sampling progress before which attention stays dense (a dense warm-up keeps the composition of "
+                   "stock models; 0 = MoGA from the first step)."),
+    Option("end_percent", io.Float, field="end_percent", widget_args={"min": 0.0, "max": 1.0, "step": 0.01},
+           tooltip="Sampling progress after which attention is dense again (1 = MoGA to the end)."),
+    Option("dense_blocks", io.String, field="dense_blocks",
+           tooltip="Blocks that stay dense, e.g. '0,1,-1' or '0-2' (negative counts from the end; HunyuanVideo "
+                   "numbers double blocks first, then single blocks)."),
+    Option("min_tokens", io.Int, field="min_tokens", advanced=True, widget_args={"min": 0, "max": 1 << 24},
+           tooltip="Sequences shorter than this stay dense (MoGA pays off on long videos; 32,760 tokens = 5 s of "
+                   "480p Wan)."),
+    Option("backend", io.Combo, field="backend", advanced=True, widget_args={"options": list(BACKENDS)},
+           tooltip="Attention kernel for the grouped calls; 'auto' picks the fastest installed: 'flex' (one exact "
+                   "block-sparse kernel, CUDA with Triton), else 'varlen' (see `python -m moga_core info`)."),
+    Option("capacity", io.Float, field="capacity", default=PACK_DEFAULTS["capacity"], advanced=True,
+           to_field=lambda v: None if v == 0 else v, widget_args={"min": 0.0, "max": 64.0, "step": 0.05},
+           tooltip="No group takes more than capacity x (tokens / groups) tokens; a token over the bound goes to "
+                   "its best group with room. Keeps a router that does not fit the video (one group for most "
+                   "tokens) from making MoGA slower than dense. 1 = equal groups; 0 = no bound."),
+]
+
+
+def option_inputs() -> list[io.Input]:
+    """The V3 inputs of the options, in `OPTIONS` order (ids and order are stable: saved workflows rely on them)."""
+    return [option.input() for option in OPTIONS]
+
+
+def options_from_inputs(**values: Any) -> PatchOptions:
+    """The node's option values (keyword per input id) -> `PatchOptions`; a bad value raises a `ValueError` that
+    names the input."""
+    missing = sorted({o.id for o in OPTIONS} - set(values))
+    unknown = sorted(set(values) - {o.id for o in OPTIONS})
+    if missing or unknown:
+        raise ValueError(f"options: missing {missing}, unknown {unknown}")
+    fields: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = values[option.id]
+        if option.widget is io.Combo and value not in option.widget_args["options"]:
+            raise ValueError(f"{option.id} must be one of {option.widget_args['options']}, got {value!r}")
+        if option.to_field is not None:
+            value = option.to_field(value)
+        if option.part is not None:
+            parts = fields.setdefault(option.field, [None, None])
+            parts[option.part] = value
+        else:
+            fields[option.field] = value
+    windows = fields.get("window")
+    if windows is not None:
+        if (windows[0] == 0) != (windows[1] == 0):
+            raise ValueError(f"windows_h and windows_w must both be 0 (window branch off) or both >= 1; got "
+                             f"{windows[0]} and {windows[1]}")
+        fields["window"] = None if windows[0] == 0 else tuple(windows)
+    return PatchOptions(**fields)

@@ -1,19 +1,23 @@
 """Installs MoGA on a clone of a MODEL through ComfyUI's own hooks, and holds the state of its sampling runs.
 
-One `MogaPatch` per patched model (shared by reference by later clones; never copied):
+One patch holder per patched model (shared by reference by later clones; never copied). `BlockPatch` is what every
+holder shares, installed by `install_patch` through the model family's adapter:
 
 - a DIFFUSION_MODEL wrapper reads the per-forward facts (latent grid, extra-token inputs, shot plan, whether this
-  sigma is inside the sparse range) and puts MoGA's attention override on top of whatever override the call carries;
-- a block replace patch per routed block (``patches_replace["dit"][(type, i)]``, chained onto any earlier one)
-  computes the block's router input, routes its video tokens and leaves the routing for the block's
-  self-attention call;
-- the attention override (``transformer_options["optimized_attention_override"]``, chained onto the previous one)
-  takes that one call and runs `moga_core.moga_attention`; every other call (cross-attention, the token refiner,
-  VACE blocks, dense steps) goes to the previous override or the default backend untouched;
-- ON_PRE_RUN turns the start/end percents into sigmas with the run's model_sampling; ON_CLEANUP closes the run's
-  statistics.
+  sigma is inside the sparse range) and, for MoGA, puts its attention override on top of whatever override the
+  call carries;
+- a block replace patch per wanted block (``patches_replace["dit"][(type, i)]``, chained onto any earlier one)
+  gives the holder each block call's arguments before the block runs;
+- ON_PRE_RUN / ON_CLEANUP open and close a run's statistics.
 
-An unpatched clone of the same model never sees any of it.
+`MogaPatch` routes: its block patch computes the block's router input, routes the video tokens and leaves the
+routing (``wiring.ROUTE``) for the block's self-attention call; its attention override
+(``transformer_options["optimized_attention_override"]``, chained onto the previous one) takes that one call and
+runs `moga_core.moga_attention`; every other call (cross-attention, the token refiner, VACE blocks, dense steps) goes
+to the previous override or the default backend untouched. The calibration pass installs its own holder
+(`calibrate.CapturePatch`) through the same `install_patch`.
+
+An unpatched clone of the same model never sees any of it. Keys and readers of the per-call state: `wiring`.
 """
 
 from __future__ import annotations
@@ -25,23 +29,37 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
+from einops import rearrange
 
 import comfy.model_management
 import comfy.patcher_extension
-from ..moga_core import MogaConfig, VideoLayout, moga_attention
+from ..moga_core import VideoLayout, moga_attention
 from ..moga_core.routers import RouterSet
 
+from . import wiring
 from .adapters import BlockKey, ModelAdapter, adapter_for
-from .shot_attention import plan_of
-from .shots import LAYOUT_SHOTS, ShotPlan, frame_shots, text_keep_table
-
-KEY = "moga"
-OVERRIDE = "optimized_attention_override"
-STASH = "moga_route"  # per block call: the routing the block's self-attention consumes
-GROUP_MAP = "moga_group_map"  # a GroupMapProbe asking for one latent frame's routing (the web view draws it)
-FORWARD = "moga_forward"  # per forward: facts the wrapper read
+from .options import PatchOptions
+from .shots import ShotPlan, frame_shots, text_keep_table
 
 log = logging.getLogger("moga")
+DENSE_BY_COST = "groups too unequal to pay off"  # the estimate said the sparse layer would not beat dense
+
+
+def summarize_run(stats: dict | None) -> str:
+    """One line on a sampling run of a patched model: sparse vs dense attention calls, why calls were dense,
+    the group-size skew and the density of the sparse calls."""
+    if not stats or not stats.get("forwards"):
+        return "MoGA: no sampling run yet"
+    sparse = sum(stats["sparse_calls"].values())
+    dense = sum(stats["dense"].values())
+    parts = [f"MoGA: {sparse} sparse / {dense} dense attention calls"]
+    if dense:
+        parts.append("dense: " + ", ".join(f"{reason} {count}" for reason, count in stats["dense"].most_common()))
+    if sparse:
+        parts.append(f"largest group {100 * stats['largest_group_sum'] / sparse:.0f}% of the tokens on average "
+                     f"(max {100 * stats['largest_group_max']:.0f}%)")
+        parts.append(f"density {stats['density_sum'] / sparse:.3f}")
+    return "; ".join(parts)
 
 
 def parse_block_list(text: str, num_blocks: int) -> set[int]:
@@ -69,22 +87,13 @@ def parse_block_list(text: str, num_blocks: int) -> set[int]:
 
 
 @dataclass
-class PatchOptions:
-    """What the user chose on the node (see `nodes.options` for the tooltips)."""
+class ForwardInfo:
+    """What a holder's DIFFUSION_MODEL wrapper read for one model call."""
 
-    combine: str | None = None  # None: the router file's own
-    window: tuple[int, int] | None = (2, 2)
-    temporal_group: int = 10
-    neighbor_frames: int = 2
-    frame_branch: bool = True
-    balanced: bool = False
-    capacity: float | None = 1.25  # routing bound (see MogaConfig.capacity); None = unbounded groups
-    start_percent: float = 0.0
-    end_percent: float = 1.0
-    dense_blocks: str = ""
-    min_tokens: int = 0
-    backend: str = "auto"
-    shots: tuple[int, ...] | None = None  # latent-frame shot starts for conds without a shot plan of their own
+    sparse: bool  # inside [start_percent, end_percent]
+    cuts: tuple[int, ...]  # latent-frame shot starts of the whole video
+    facts: dict = field(default_factory=dict)  # the adapter's per-forward facts (latent shape, extra tokens)
+    plan: ShotPlan | None = None  # the multi-shot plan, when the cond carries per-shot captions
 
 
 @dataclass
@@ -102,7 +111,8 @@ class Route:
 class GroupMapProbe:
     """Asks the patch for the router's groups of one latent frame in one block (of the cond pass), every step.
 
-    Put in a clone's transformer_options under GROUP_MAP; shared by reference, so the per-call copies reach it.
+    Put in a clone's transformer_options under ``wiring.GROUP_MAP``; shared by reference, so the per-call copies
+    reach it.
     """
 
     def __init__(self, block: int, frame: int | None = None):
@@ -126,35 +136,15 @@ class GroupMapProbe:
                          "num_groups": num_groups, "groups": sample.flatten().tolist()}
 
 
-@dataclass
-class ForwardInfo:
-    sparse: bool  # inside [start_percent, end_percent]
-    shots: tuple[int, ...]  # latent-frame shot starts of the whole video
-    facts: dict = field(default_factory=dict)
-    plan: ShotPlan | None = None  # the multi-shot plan, when the cond carries per-shot captions
+class BlockPatch:
+    """A patch holder: sees every forward and every wanted block call of one patched model (see the module doc).
 
+    Subclasses say which blocks they want (`takes_block`), what to do before a block runs (`before_block`) and
+    which attention override to chain (`override_over`).
+    """
 
-class MogaPatch:
-    """The holder of one patched model's MoGA state (options, routers on each device, run statistics)."""
-
-    def __init__(self, adapter: ModelAdapter, routers: RouterSet | None, options: PatchOptions, capture=None):
+    def __init__(self, adapter: ModelAdapter):
         self.adapter = adapter
-        self.routers = routers
-        self.options = options
-        self.capture = capture  # calibration: collects router inputs instead of routing
-        self.dense_blocks = parse_block_list(options.dense_blocks, adapter.num_blocks)
-        if routers is not None:
-            combine = options.combine or routers.combine
-            self.cfg = MogaConfig(num_groups=routers.num_groups, window=options.window,
-                                  temporal_group=options.temporal_group, neighbor_frames=options.neighbor_frames,
-                                  frame_branch=options.frame_branch, combine=combine, balanced=options.balanced,
-                                  capacity=None if options.balanced else options.capacity, backend=options.backend)
-        else:
-            self.cfg = None
-        self.sigma_start = None  # set per run from the model's model_sampling (ON_PRE_RUN)
-        self.sigma_end = None
-        self._device_routers: dict = {}
-        self._overrides: dict = {}
         self._lock = threading.Lock()
         self.stats = self._new_stats()
         self.last_run_stats = None
@@ -168,42 +158,131 @@ class MogaPatch:
         return {"forwards": 0, "sparse_forwards": 0, "sparse_calls": Counter(), "dense": Counter(),
                 "sigmas": [], "density_sum": 0.0, "largest_group_sum": 0.0, "largest_group_max": 0.0}
 
-    def summary(self, stats: dict | None = None) -> str:
-        """One line on a run: sparse vs dense attention calls, why calls were dense, group-size skew, density."""
-        stats = stats or self.last_run_stats
-        if not stats:
-            return "MoGA: no sampling run yet"
-        sparse = sum(stats["sparse_calls"].values())
-        dense = sum(stats["dense"].values())
-        parts = [f"MoGA: {sparse} sparse / {dense} dense attention calls"]
-        if dense:
-            parts.append("dense because: " + ", ".join(f"{reason} {count}" for reason, count in
-                                                        stats["dense"].most_common()))
-        if sparse:
-            parts.append(f"largest group {100 * stats['largest_group_sum'] / sparse:.0f}% of the tokens on average "
-                         f"(max {100 * stats['largest_group_max']:.0f}%)")
-            parts.append(f"density {stats['density_sum'] / sparse:.3f}")
-        return "; ".join(parts)
+    # ---- what a subclass decides
+    def takes_block(self, key: BlockKey) -> bool:
+        raise NotImplementedError
+
+    def before_block(self, key: BlockKey, args: dict, to: dict, info: ForwardInfo):
+        """Work before the block runs; returns a `Route` for the block's self-attention call, or None."""
+        raise NotImplementedError
+
+    def override_over(self, previous):
+        """The attention override to install over ``previous`` (``previous`` itself when the holder takes none)."""
+        return previous
+
+    def sparse_at(self, sigma: float | None) -> bool:
+        return True
+
+    # ---- run bookkeeping
+    def on_pre_run(self, model_patcher, *rest):
+        self.stats = self._new_stats()
+
+    def on_cleanup(self, model_patcher, *rest):
+        if self.stats["forwards"]:
+            self.last_run_stats = self.stats
+        self.stats = self._new_stats()
+
+    def _dense(self, reason: str):
+        with self._lock:
+            self.stats["dense"][reason] += 1
+        return None
+
+    # ---- the DIFFUSION_MODEL wrapper
+    def diffusion_wrapper(self, executor, *args, **kwargs):
+        to = wiring.call_options(args, kwargs)
+        if to is None:
+            return executor(*args, **kwargs)
+        sigma = wiring.sigma_of(to)
+        sparse = self.sparse_at(sigma)
+        with self._lock:
+            self.stats["forwards"] += 1
+            self.stats["sparse_forwards"] += int(sparse)
+            if sigma is not None:
+                self.stats["sigmas"].append(sigma)
+        infos = dict(to.get(wiring.FORWARD) or {})
+        infos[id(self)] = ForwardInfo(sparse, wiring.shot_cuts_of(to), self.adapter.forward_info(args, kwargs),
+                                      wiring.shot_plan_of(to))
+        to[wiring.FORWARD] = infos
+        current = to.get(wiring.ATTENTION_OVERRIDE)
+        if not _is_ours(current, self):  # a node applied later replaced us for this model: go back on top
+            override = self.override_over(current)
+            if override is not None:
+                to[wiring.ATTENTION_OVERRIDE] = override
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            infos.pop(id(self), None)
+
+    # ---- block replace patch
+    def block_patch(self, key: BlockKey, previous):
+        def moga_block(args, extra):
+            comfy.model_management.throw_exception_if_processing_interrupted()  # interrupt within a step too
+            to = args["transformer_options"]
+            route = self._before_block(key, args, to)
+            if route is not None:
+                to[wiring.ROUTE] = route
+            try:
+                return previous(args, extra) if previous is not None else extra["original_block"](args)
+            finally:
+                if route is not None and to.get(wiring.ROUTE) is route:
+                    to.pop(wiring.ROUTE, None)
+
+        moga_block._moga_patch = self
+        moga_block._moga_previous = previous
+        return moga_block
+
+    # torch.compile (ComfyUI's compile nodes) traces around these: routing and packing need host-side sizes
+    @torch.compiler.disable
+    def _before_block(self, key: BlockKey, args: dict, to: dict):
+        info = (to.get(wiring.FORWARD) or {}).get(id(self))
+        if info is None:
+            return self._dense("no forward info")
+        return self.before_block(key, args, to, info)
+
+    def video_tokens(self, key: BlockKey, args: dict, to: dict, info: ForwardInfo):
+        """(grid, span) of this block call's video tokens, or None (counted as a dense reason)."""
+        grid = wiring.video_grid(self.adapter, info.facts, to)
+        if grid is None:
+            return self._dense("no video grid")
+        span = self.adapter.video_span(key, args, grid[0] * grid[1] * grid[2], info.facts)
+        if span is None:
+            return self._dense("token layout not understood")
+        return grid, span
+
+
+class MogaPatch(BlockPatch):
+    """The holder of one patched model's MoGA state (options, routers on each device, run statistics)."""
+
+    def __init__(self, adapter: ModelAdapter, routers: RouterSet, options: PatchOptions):
+        super().__init__(adapter)
+        self.routers = routers
+        self.options = options
+        self.dense_blocks = parse_block_list(options.dense_blocks, adapter.num_blocks)
+        self.cfg = options.moga_config(num_groups=routers.num_groups, router_combine=routers.combine)
+        self.sigma_start = None  # set per run from the model's model_sampling (ON_PRE_RUN)
+        self.sigma_end = None
+        self._device_routers: dict = {}
+        self._overrides: dict = {}
+
+    def takes_block(self, key: BlockKey) -> bool:
+        return key.index in self.routers.routers
 
     # ---- run bookkeeping
     def on_pre_run(self, model_patcher, *rest):
         model_sampling = model_patcher.get_model_object("model_sampling")
         self.sigma_start = float(model_sampling.percent_to_sigma(self.options.start_percent))
         self.sigma_end = float(model_sampling.percent_to_sigma(self.options.end_percent))
-        self.stats = self._new_stats()
+        super().on_pre_run(model_patcher, *rest)
 
     def on_cleanup(self, model_patcher, *rest):
         if self.stats["forwards"]:
-            self.last_run_stats = self.stats
-            if self.routers is not None:
-                log.info(self.summary(self.stats))
-        self.stats = self._new_stats()
+            log.info("%s", summarize_run(self.stats))
+        super().on_cleanup(model_patcher, *rest)
         self._overrides.clear()
 
-    def sparse_at(self, sigmas) -> bool:
-        if self.sigma_start is None or sigmas is None:
+    def sparse_at(self, sigma: float | None) -> bool:
+        if self.sigma_start is None or sigma is None:
             return True  # no run context (direct model call): no warm-up gating
-        sigma = float(sigmas.reshape(-1)[0]) if torch.is_tensor(sigmas) else float(sigmas)
         return self.sigma_end - 1e-6 <= sigma <= self.sigma_start + 1e-6
 
     # ---- routers on the model's device (one float32 copy per device, shared by every clone of the model)
@@ -217,95 +296,27 @@ class MogaPatch:
                     self._device_routers[device] = per_device
         return per_device[index]
 
-    # ---- the DIFFUSION_MODEL wrapper
-    def diffusion_wrapper(self, executor, *args, **kwargs):
-        to = args[-1] if args and isinstance(args[-1], dict) else kwargs.get("transformer_options")
-        if not isinstance(to, dict):
-            return executor(*args, **kwargs)
-        facts = self.adapter.forward_info(args, kwargs)
-        plan = plan_of(to)
-        if plan is not None:
-            shots = plan.latent_starts
-        else:
-            shots = to.get(LAYOUT_SHOTS) or self.options.shots or (0,)
-        sparse = self.sparse_at(to.get("sigmas"))
-        with self._lock:
-            self.stats["forwards"] += 1
-            self.stats["sparse_forwards"] += int(sparse)
-            sigmas = to.get("sigmas")
-            if sigmas is not None:
-                self.stats["sigmas"].append(float(sigmas.reshape(-1)[0]))
-        infos = dict(to.get(FORWARD) or {})
-        infos[id(self)] = ForwardInfo(sparse, tuple(shots), facts, plan)
-        to[FORWARD] = infos
-        if self.routers is not None:
-            current = to.get(OVERRIDE)
-            if not _is_ours(current, self):  # a node applied later replaced us for this model: go back on top
-                to[OVERRIDE] = self.override_over(current)
-        try:
-            return executor(*args, **kwargs)
-        finally:
-            infos.pop(id(self), None)
-
-    # ---- block replace patch
-    def block_patch(self, key: BlockKey, previous):
-        def moga_block(args, extra):
-            comfy.model_management.throw_exception_if_processing_interrupted()  # interrupt within a step too
-            to = args["transformer_options"]
-            route = self.plan_block(key, args, to)
-            if route is not None:
-                to[STASH] = route
-            try:
-                return previous(args, extra) if previous is not None else extra["original_block"](args)
-            finally:
-                if route is not None and to.get(STASH) is route:
-                    to.pop(STASH, None)
-
-        moga_block._moga_patch = self
-        moga_block._moga_previous = previous
-        return moga_block
-
-    def _dense(self, reason: str):
-        with self._lock:
-            self.stats["dense"][reason] += 1
-        return None
-
-    # torch.compile (ComfyUI's compile nodes) traces around these: routing and packing need host-side sizes
-    @torch.compiler.disable
-    def plan_block(self, key: BlockKey, args: dict, to: dict):
-        info = (to.get(FORWARD) or {}).get(id(self))
-        if info is None:
-            return self._dense("no forward info")
-        if self.capture is None:
-            if key.index not in self.routers.routers:
-                return self._dense("no router for block")
-            if key.index in self.dense_blocks:
-                return self._dense("dense block")
-            if not info.sparse:
-                return self._dense("outside start/end percent")
-        x_shape = info.facts.get("x_shape")
-        grid = self.adapter.grid(x_shape, to) if x_shape is not None and len(x_shape) == 5 else None
-        if grid is None:
-            return self._dense("no video grid")
-        nv = grid[0] * grid[1] * grid[2]
-        span = self.adapter.video_span(key, args, nv, info.facts)
-        if span is None:
-            return self._dense("token layout not understood")
-        if self.capture is not None:
-            with torch.no_grad():
-                self.capture.add(key.index, self.adapter.router_input(key, args, span))
+    # ---- before each routed block: route its video tokens
+    def before_block(self, key: BlockKey, args: dict, to: dict, info: ForwardInfo):
+        if key.index in self.dense_blocks:
+            return self._dense("dense block")
+        if not info.sparse:
+            return self._dense("outside start/end percent")
+        found = self.video_tokens(key, args, to, info)
+        if found is None:
             return None
-        if nv + span[0] + span[1] < self.options.min_tokens:
+        grid, span = found
+        if grid[0] * grid[1] * grid[2] + span[0] + span[1] < self.options.min_tokens:
             return self._dense("below min_tokens")
         try:
-            layout = _layout(grid, _shots_in(info.shots, grid[0], to), span)
+            layout = _layout(grid, wiring.shot_frames_in_call(info.cuts, grid[0], to), span)
         except ValueError as exc:
             log.warning("MoGA: %s; block %s stays dense", exc, key)
             return self._dense("bad shot plan")
         with torch.no_grad():
             x_mod = self.adapter.router_input(key, args, span)
             groups, gate = self.router(key.index, x_mod.device)(x_mod, capacity=self.cfg.capacity)
-        probe = to.get(GROUP_MAP)
+        probe = to.get(wiring.GROUP_MAP)
         if probe is not None and probe.block == key.index:
             probe.record(groups, layout, to, self.cfg.num_groups)
         return Route(self, key, layout, groups, gate.to(x_mod.dtype), info)
@@ -326,13 +337,13 @@ class MogaPatch:
         if q.shape != k.shape or q.shape != v.shape or kwargs.get("enable_gqa") or \
                 "low_precision_attention" in kwargs:
             return self._dense("not self-attention")
+        # ComfyUI passes (B, N, H·D), or (B, H, N, D) with skip_reshape; moga_core takes (B, N, H, D)
         if skip_reshape:
-            b, h, n, d = q.shape
+            n = q.shape[2]
         else:
-            b, n, hd = q.shape
-            if heads is None or hd % heads:
+            n = q.shape[1]
+            if heads is None or q.shape[2] % heads:
                 return self._dense("head layout")
-            h, d = heads, hd // heads
         layout = route.layout
         if n != layout.num_tokens:
             return self._dense("token count mismatch")
@@ -344,10 +355,8 @@ class MogaPatch:
         captions = self._caption_keep(route, layout, n, kwargs.get("transformer_options") or {}, q.device)
         if captions is not None:
             global_keep = captions if global_keep is None else captions & global_keep[None]
-        if skip_reshape:
-            q4, k4, v4 = (t.transpose(1, 2) for t in (q, k, v))
-        else:
-            q4, k4, v4 = (t.view(b, n, h, d) for t in (q, k, v))
+        pattern = "b h n d -> b n h d" if skip_reshape else "b n (h d) -> b n h d"
+        q4, k4, v4 = (rearrange(t, pattern, **({} if skip_reshape else {"h": heads})) for t in (q, k, v))
         gate = route.gate if self.cfg.combine == "mean" else None
         call = {}
         out = moga_attention(q4, k4, v4, layout, self.cfg, route.groups, gate, scale=kwargs.get("scale"),
@@ -355,17 +364,14 @@ class MogaPatch:
         sizes = call["group_sizes"].double()
         largest = float((sizes.max(1).values / sizes.sum(1)).mean())
         with self._lock:
-            if call["path"] == "dense":  # computed densely inside moga_attention (the union's M = 1 case)
-                self.stats["dense"]["groups too unequal to pay off"] += 1
+            if call["path"] == "dense":  # computed densely inside moga_attention (union mode's M = 1 case)
+                self.stats["dense"][DENSE_BY_COST] += 1
             else:
                 self.stats["sparse_calls"][(route.key.block_type, route.key.block_index)] += 1
                 self.stats["density_sum"] += call["density"]
                 self.stats["largest_group_sum"] += largest
                 self.stats["largest_group_max"] = max(self.stats["largest_group_max"], largest)
-        if skip_output_reshape:
-            return out.transpose(1, 2)
-        return out.reshape(b, n, h * d)
-
+        return rearrange(out, "b n h d -> b h n d" if skip_output_reshape else "b n h d -> b n (h d)")
 
     def _caption_keep(self, route: Route, layout: VideoLayout, n: int, to: dict, device):
         """(T, prefix + suffix) caption visibility per latent frame when the cond carries per-shot captions."""
@@ -376,9 +382,9 @@ class MogaPatch:
         if found is None or found[0] != "joint":
             return None
         text_start = found[1]
-        window = to.get("context_window")
-        rows = text_keep_table(plan, frame_shots(plan, layout.grid[0], getattr(window, "index_list", None)))
-        keep = torch.ones(layout.grid[0], layout.num_global_tokens, dtype=torch.bool)
+        num_frames = layout.grid[0]
+        rows = text_keep_table(plan, frame_shots(plan, num_frames, wiring.window_frames(to, num_frames)))
+        keep = torch.ones(num_frames, layout.num_global_tokens, dtype=torch.bool)
         keep[:, text_start:text_start + plan.text_tokens] = torch.tensor(rows, dtype=torch.bool)
         return keep.to(device)
 
@@ -387,9 +393,9 @@ def _make_override(patch: MogaPatch, previous):
     def moga_override(func, q, k, v, heads=None, mask=None, attn_precision=None, skip_reshape=False,
                       skip_output_reshape=False, **kwargs):
         to = kwargs.get("transformer_options")
-        route = to.get(STASH) if isinstance(to, dict) else None
+        route = to.get(wiring.ROUTE) if isinstance(to, dict) else None
         if route is not None and route.patch is patch:
-            to.pop(STASH, None)  # one self-attention call per block takes the routing
+            to.pop(wiring.ROUTE, None)  # one self-attention call per block takes the routing
             out = patch.attend(route, q, k, v, heads, mask, skip_reshape, skip_output_reshape, kwargs)
             if out is not None:
                 return out
@@ -435,21 +441,6 @@ def _layout(grid, shots, span) -> VideoLayout:
     return layout
 
 
-def _shots_in(shots, num_frames: int, to: dict) -> tuple[int, ...]:
-    """Shot starts as latent frames of this forward; under ComfyUI's context windows, of the window."""
-    window = to.get("context_window")
-    index_list = getattr(window, "index_list", None)
-    if index_list is not None and len(index_list) == num_frames:
-        starts = {0}
-        for j in range(1, len(index_list)):
-            global_prev, global_here = index_list[j - 1], index_list[j]
-            # a cut lies between two consecutive window frames when some shot starts after the first
-            if any(global_prev < s <= global_here for s in shots) or global_here < global_prev:
-                starts.add(j)
-        return tuple(sorted(starts))
-    return tuple(s for s in shots if 0 <= s < num_frames) or (0,)
-
-
 def _global_keep_from_mask(mask, layout: VideoLayout, n: int):
     """HunyuanVideo's additive text-padding mask (…, N) -> which global tokens are real keys; None otherwise."""
     if not torch.is_tensor(mask) or mask.shape[-1] != n or mask.numel() != n:
@@ -467,51 +458,48 @@ def _global_keep_from_mask(mask, layout: VideoLayout, n: int):
     return torch.cat([keep[:p], keep[p + nv:]])
 
 
-def install(model_patcher, routers: RouterSet | None, options: PatchOptions, capture=None) -> MogaPatch:
-    """Patch ``model_patcher`` (already a clone) in place; returns its holder."""
-    adapter = adapter_for(model_patcher)
-    if routers is not None:
-        check_routers(adapter, routers, model_patcher)
-    patch = MogaPatch(adapter, routers, options, capture)
+def install_patch(model_patcher, holder: BlockPatch) -> BlockPatch:
+    """Install ``holder`` on ``model_patcher`` (already a clone) in place; an earlier MoGA holder is replaced."""
+    adapter = holder.adapter
     to = model_patcher.model_options.setdefault("transformer_options", {})
-    # re-applying MoGA replaces the earlier MoGA patch instead of stacking on it
-    for kind in (comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL,):
-        model_patcher.remove_wrappers_with_key(kind, KEY)
+    model_patcher.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, wiring.PATCH_KEY)
     for kind in (comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, comfy.patcher_extension.CallbacksMP.ON_CLEANUP):
-        model_patcher.remove_callbacks_with_key(kind, KEY)
-    previous = _strip_moga(to.get(OVERRIDE))
-    if routers is not None:
-        to[OVERRIDE] = patch.override_over(previous)
-    elif OVERRIDE in to and previous is None:
-        to.pop(OVERRIDE)
-    elif previous is not None:
-        to[OVERRIDE] = previous
+        model_patcher.remove_callbacks_with_key(kind, wiring.PATCH_KEY)
+    override = holder.override_over(_strip_moga(to.get(wiring.ATTENTION_OVERRIDE)))
+    if override is not None:
+        to[wiring.ATTENTION_OVERRIDE] = override
+    else:
+        to.pop(wiring.ATTENTION_OVERRIDE, None)
     dit = to.get("patches_replace", {}).get("dit", {})
     for key in adapter.blocks():
-        earlier = _strip_moga(dit.get((f"{key.block_type}_block", key.block_index)))
-        wanted = capture is not None or (key.index in routers.routers)
-        if wanted:
-            model_patcher.set_model_patch_replace(patch.block_patch(key, earlier), "dit",
-                                                  f"{key.block_type}_block", key.block_index)
+        name = (f"{key.block_type}_block", key.block_index)
+        earlier = _strip_moga(dit.get(name))
+        if holder.takes_block(key):
+            model_patcher.set_model_patch_replace(holder.block_patch(key, earlier), "dit", *name)
         elif earlier is not None:
-            model_patcher.set_model_patch_replace(earlier, "dit", f"{key.block_type}_block", key.block_index)
-        elif (f"{key.block_type}_block", key.block_index) in dit:
-            dit.pop((f"{key.block_type}_block", key.block_index))
+            model_patcher.set_model_patch_replace(earlier, "dit", *name)
+        elif name in dit:
+            dit.pop(name)
     for path, replacement in adapter.shot_object_patches().items():
         model_patcher.add_object_patch(path, replacement)
-    model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, KEY,
-                                       patch.diffusion_wrapper)
-    model_patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, KEY, patch.on_pre_run)
-    model_patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, KEY, patch.on_cleanup)
-    model_patcher.model_options.setdefault("moga", {})["patch"] = patch
-    return patch
+    model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, wiring.PATCH_KEY,
+                                       holder.diffusion_wrapper)
+    model_patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, wiring.PATCH_KEY,
+                                        holder.on_pre_run)
+    model_patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, wiring.PATCH_KEY,
+                                        holder.on_cleanup)
+    wiring.set_patch(model_patcher, holder)
+    return holder
 
 
-def patch_of(model_patcher) -> MogaPatch | None:
-    return model_patcher.model_options.get("moga", {}).get("patch")
+def install(model_patcher, routers: RouterSet, options: PatchOptions) -> MogaPatch:
+    """Patch ``model_patcher`` (already a clone) with MoGA in place; returns its holder."""
+    adapter = adapter_for(model_patcher)
+    check_routers(adapter, routers, model_patcher)
+    return install_patch(model_patcher, MogaPatch(adapter, routers, options))
 
 
-def check_routers(adapter: ModelAdapter, routers: RouterSet, model_patcher=None, source: str = "router") -> None:
+def check_routers(adapter: ModelAdapter, routers: RouterSet, model_patcher=None) -> None:
     """Routers must belong to this model: same family, width and block count (the error names both sides)."""
     name = type(getattr(model_patcher, "model", None)).__name__ if model_patcher is not None else adapter.family
     problems = []
@@ -522,6 +510,5 @@ def check_routers(adapter: ModelAdapter, routers: RouterSet, model_patcher=None,
     if routers.num_blocks != adapter.num_blocks:
         problems.append(f"{routers.num_blocks} blocks vs the model's {adapter.num_blocks}")
     if problems:
-        raise ValueError(f"the {source} does not fit this {adapter.display_name} model ({name}): "
+        raise ValueError(f"the router does not fit this {adapter.display_name} model ({name}): "
                          + "; ".join(problems))
-

@@ -32,15 +32,29 @@ class MoGASaveRouter(io.ComfyNode):
 
     @classmethod
     def execute(cls, router, filename: str) -> io.NodeOutput:
-        name = (filename or "").strip().replace("\\", "/")
-        if not name or not re.fullmatch(r"[A-Za-z0-9_\-./ ]+", name) or ".." in name.split("/"):
-            raise ValueError(f"filename {filename!r}: use letters, digits, '-', '_' and '/' (no '..')")
         register_folder()
-        root = folder_paths.get_folder_paths(FOLDER)[0]
-        base = os.path.join(root, name)
-        os.makedirs(os.path.dirname(base), exist_ok=True)
-        counter = 1
-        while os.path.exists(path := f"{base}_{counter:05d}.safetensors"):
-            counter += 1
+        path = new_router_path(folder_paths.get_folder_paths(FOLDER)[0], filename)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         router.save(path)
         return io.NodeOutput(path, ui={"text": [path]})
+
+
+def new_router_path(root: str, filename: str) -> str:
+    """``<root>/<filename>_NNNNN.safetensors`` with the first free number; never a path outside ``root``.
+
+    A workflow can come from anywhere, so its ``filename`` is checked twice: by its characters (relative, no '..'),
+    then by where it really lands once symbolic links are resolved (a linked sub-folder or file may point elsewhere).
+    """
+    name = (filename or "").strip().replace("\\", "/")
+    if not name or not re.fullmatch(r"[A-Za-z0-9_\-./ ]+", name) or ".." in name.split("/") or name.startswith("/"):
+        raise ValueError(f"filename {filename!r}: use letters, digits, '-', '_', '.', spaces and '/' for sub-folders "
+                         "of models/moga (no '..', not starting with '/')")
+    real_root = os.path.realpath(root)
+    base = os.path.join(real_root, name)
+    counter = 1
+    while os.path.lexists(path := f"{base}_{counter:05d}.safetensors"):
+        counter += 1
+    if os.path.commonpath([real_root, os.path.realpath(path)]) != real_root:
+        raise ValueError(f"filename {filename!r} leads outside models/moga ({os.path.realpath(path)}); "
+                         "choose a name inside it")
+    return path

@@ -18,13 +18,9 @@ import torch
 import comfy.hooks
 import comfy.patcher_extension
 
+from . import wiring
 from .adapters import adapter_for_module
 from .shots import ShotPlan, frame_shots
-
-SHOTS = "moga_shots"
-STASH = "moga_route"  # a MoGA routing waiting for this block's self-attention: MoGA takes that call
-OVERRIDE = "optimized_attention_override"
-HOOK_KEY = "moga_shots"
 
 log = logging.getLogger("moga")
 
@@ -33,8 +29,8 @@ def shot_hook_group(plan: ShotPlan):
     """A HookGroup carrying the plan and the per-forward wrapper, for the conds that hold the captions."""
     hook = comfy.hooks.TransformerOptionsHook(
         transformers_dict={
-            SHOTS: plan,
-            "wrappers": {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {HOOK_KEY: [shot_wrapper]}},
+            wiring.COND_SHOT_PLAN: plan,
+            "wrappers": {comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL: {wiring.SHOT_HOOK_KEY: [shot_wrapper]}},
         },
         hook_scope=comfy.hooks.EnumHookScope.HookedOnly,
     )
@@ -44,14 +40,14 @@ def shot_hook_group(plan: ShotPlan):
 
 
 def shot_wrapper(executor, *args, **kwargs):
-    to = args[-1] if args and isinstance(args[-1], dict) else kwargs.get("transformer_options")
-    plan = to.get(SHOTS) if isinstance(to, dict) else None
+    to = wiring.call_options(args, kwargs)
+    plan = wiring.shot_plan_of(to)
     adapter = adapter_for_module(executor.class_obj)
     if plan is None or adapter is None or plan.shot_tokens is None:
         return executor(*args, **kwargs)
     facts = adapter.forward_info(args, kwargs)
     state = _ShotCall(plan, adapter, facts)
-    to[OVERRIDE] = _make_shot_override(state, to.get(OVERRIDE))
+    to[wiring.ATTENTION_OVERRIDE] = _make_shot_override(state, to.get(wiring.ATTENTION_OVERRIDE))
     return executor(*args, **kwargs)
 
 
@@ -61,24 +57,21 @@ class _ShotCall:
         self._key_sets: dict = {}
 
     def layout(self, to: dict, q_tokens: int, k_tokens: int, joint: bool):
-        x_shape = self.facts.get("x_shape")
-        if x_shape is None or len(x_shape) != 5:
+        grid = wiring.video_grid(self.adapter, self.facts, to)
+        if grid is None:
             return None
-        grid = self.adapter.grid(x_shape, to)
         nv = grid[0] * grid[1] * grid[2]
         found = self.adapter.text_layout(q_tokens, k_tokens, joint, nv, self.plan.text_tokens, self.facts)
         if found is None:
             return None
-        window = to.get("context_window")
-        shots = frame_shots(self.plan, grid[0], getattr(window, "index_list", None))
+        shots = frame_shots(self.plan, grid[0], wiring.window_frames(to, grid[0]))
         return found, grid, shots
 
     def caption_keys(self, shot: int, device) -> torch.Tensor:
         key = (shot, str(device))
         keys = self._key_sets.get(key)
         if keys is None:
-            ranges = ([self.plan.global_tokens] if self.plan.global_tokens else []) + [self.plan.shot_tokens[shot]]
-            keys = torch.cat([torch.arange(a, b, device=device) for a, b in ranges])
+            keys = torch.cat([torch.arange(a, b, device=device) for a, b in self.plan.caption_ranges(shot)])
             self._key_sets[key] = keys
         return keys
 
@@ -106,7 +99,7 @@ def _make_shot_override(state: _ShotCall, previous):
             return func(q_, k_, v_, heads, **call)
 
         to = kwargs.get("transformer_options") or {}
-        if to.get(STASH) is not None or kwargs.get("enable_gqa"):
+        if to.get(wiring.ROUTE) is not None or kwargs.get("enable_gqa"):
             return down(q, k, v, mask)  # MoGA takes this call and applies the plan itself
         token_dim = 2 if skip_reshape else 1
         joint = q.shape == k.shape
@@ -196,10 +189,8 @@ def _joint(state, down, q, k, v, mask, dim, out_dim, text_start, video_start, hw
 
 def _captions_apart(state, down, q, k, v, mask, dim, out_dim):
     """Caption-only attention (a text refiner): block-diagonal, each caption among its own tokens."""
-    plan = state.plan
-    ranges = ([plan.global_tokens] if plan.global_tokens else []) + list(plan.shot_tokens)
     out = None
-    for a, b in ranges:
+    for a, b in state.plan.caption_ranges():
         rows = torch.arange(a, b, device=q.device)
         part_mask = None
         if mask is not None:
@@ -212,7 +203,3 @@ def _captions_apart(state, down, q, k, v, mask, dim, out_dim):
         _place(out, rows, part, out_dim)
     return out
 
-
-def plan_of(to: dict) -> ShotPlan | None:
-    plan = to.get(SHOTS) if isinstance(to, dict) else None
-    return plan if isinstance(plan, ShotPlan) else None

@@ -1,6 +1,7 @@
 """Shot plans: durations -> frames -> latent frames, cut positions, and which caption tokens each shot owns.
 
-The text form, which the web timeline writes and people type (one shot per line, ``#`` starts a comment):
+The text form, which the web timeline writes and people type (one shot per line; a line whose first non-space
+character is ``#`` is a comment, a ``#`` anywhere else belongs to the prompt):
 
     3s   | A woman walks into a cafe, wide shot
     2.5s | Close-up: she smiles
@@ -23,7 +24,9 @@ import re
 from dataclasses import dataclass, replace
 
 TEMPORAL_STRIDE = 4
-LAYOUT_SHOTS = "moga_layout_shots"  # transformer_options key: cut positions for conds without captions of their own
+# The longest plan: the long-video sampler's own length limit (100,000 frames, 1 h 44 min at 16 fps). Beyond it
+# the latent alone outgrows any GPU, and a typo such as "1e12" seconds must not turn into a trillion-frame video.
+MAX_FRAMES = 100_000
 _LINE = re.compile(r"^\s*(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>s|sec|secs|seconds?|f|frames?)?\s*[|:]\s*(?P<prompt>.*)$",
                    re.IGNORECASE)
 
@@ -64,6 +67,14 @@ class ShotPlan:
             if t >= start:
                 shot = i
         return shot
+
+    def caption_ranges(self, shot: int | None = None) -> list[tuple[int, int]]:
+        """Token ranges (start, end) in the conditioning of the global caption and of ``shot``'s (every shot's when
+        None), in that order; empty when the plan carries no caption ranges."""
+        if self.shot_tokens is None:
+            return []
+        own = list(self.shot_tokens) if shot is None else [self.shot_tokens[shot]]
+        return ([self.global_tokens] if self.global_tokens else []) + own
 
     def latent_ranges(self) -> list[tuple[int, int]]:
         ends = self.latent_starts[1:] + (self.num_latent_frames,)
@@ -110,7 +121,7 @@ def parse_shots(text: str, fps: float) -> list[ShotSpec]:
     else:
         number = 0
         for line_no, raw in enumerate(text.splitlines(), 1):
-            line = raw.split("#", 1)[0] if not raw.lstrip().startswith("#") else ""
+            line = "" if raw.lstrip().startswith("#") else raw
             if not line.strip():
                 continue
             number += 1
@@ -135,6 +146,10 @@ def _spec(index: int, prompt: str, value, unit: str, fps: float) -> ShotSpec:
         raise ValueError(f"shot {index}: duration {value!r} is not a number") from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"shot {index}: duration must be positive, got {value:g}{unit}")
+    frames = value if unit == "f" else value * fps
+    if frames > MAX_FRAMES:
+        raise ValueError(f"shot {index}: {value:g}{unit} is longer than a whole video may be ({MAX_FRAMES} frames, "
+                         "the long-video sampler's limit)")
     if unit == "f":
         if value != int(value):
             raise ValueError(f"shot {index}: a frame count must be whole, got {value:g}f")
@@ -150,6 +165,9 @@ def plan_shots(specs: list[ShotSpec], fps: float) -> ShotPlan:
     if not specs:
         raise ValueError("no shots to plan")
     total = sum(s.frames for s in specs)
+    if total > MAX_FRAMES:
+        raise ValueError(f"the shots add up to {total} frames, more than a video may have ({MAX_FRAMES} frames, the "
+                         "long-video sampler's limit); shorten or drop shots")
     num_latent = (total - 1) // TEMPORAL_STRIDE + 1
     decoded = TEMPORAL_STRIDE * (num_latent - 1) + 1
     notes = []
@@ -196,7 +214,7 @@ def text_keep_table(plan: ShotPlan, shots_of_frames: list[int]) -> list[list[boo
     table = []
     for shot in shots_of_frames:
         row = [False] * plan.text_tokens
-        for a, b in ([plan.global_tokens] if plan.global_tokens else []) + [plan.shot_tokens[shot]]:
+        for a, b in plan.caption_ranges(shot):
             for j in range(a, b):
                 row[j] = True
         table.append(row)

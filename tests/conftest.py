@@ -21,7 +21,7 @@ def pytest_collection_modifyitems(config, items):
         has_cuda = False
     if has_cuda:
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the device machine: pytest -m cuda)")
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (on a machine with one: python -m pytest -m cuda tests)")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)

@@ -7,7 +7,11 @@
 //                             "num_groups": 5,                           # M
 //                             "groups": [0, 4, 4, 1, ...]}]}             # H*W group ids, row-major
 //
-// (one entry; more are ignored). Nothing is serialized: the map is a view of the last run.
+// (one entry; more are ignored), and/or
+//
+//   ui = {"moga_run": ["MoGA: 60 sparse / 12 dense attention calls; ..."]}   # one line on what MoGA did
+//
+// Nothing is serialized: the view is of the last run.
 
 import { app } from "../../scripts/app.js";
 
@@ -43,8 +47,16 @@ export function readGroupMap(output) {
   return { ...entry, height, width, num_groups: m };
 }
 
-function draw(widget, map) {
-  const { canvas, caption, legend } = widget.parts;
+function draw(widget, map, run) {
+  const { canvas, caption, legend, summary } = widget.parts;
+  summary.textContent = run ?? "";
+  canvas.style.display = map ? "" : "none";
+  if (!map) {
+    caption.textContent = "";
+    legend.replaceChildren();
+    widget.aspect = 0;
+    return;
+  }
   const cell = Math.max(2, Math.floor(480 / map.width));
   canvas.width = map.width * cell;
   canvas.height = map.height * cell;
@@ -83,7 +95,9 @@ function ensureWidget(node) {
   const canvas = document.createElement("canvas");
   const legend = document.createElement("div");
   legend.className = "moga-gm-legend";
-  root.append(caption, canvas, legend);
+  const summary = document.createElement("div");
+  summary.dataset.testid = "moga-run-summary";
+  root.append(caption, canvas, legend, summary);
   widget = node.addDOMWidget(WIDGET_NAME, "moga_group_map", root, {
     serialize: false,
     getValue: () => undefined,
@@ -91,13 +105,13 @@ function ensureWidget(node) {
     getMinHeight: () => Math.min(MAX_HEIGHT, 64 + (node.size[0] - 20) * (widget?.aspect ?? 0.5)),
   });
   widget.serialize = false;
-  widget.parts = { canvas, caption, legend };
+  widget.parts = { canvas, caption, legend, summary };
   return widget;
 }
 
-function show(node, map) {
+function show(node, map, run) {
   const widget = ensureWidget(node);
-  draw(widget, map);
+  draw(widget, map, run);
   const min = node.computeSize();
   node.setSize([Math.max(node.size[0], min[0]), Math.max(node.size[1], min[1])]);
   node.setDirtyCanvas?.(true, true);
@@ -118,7 +132,8 @@ if (!globalThis[LOADED]) {
       node.onExecuted = function (output) {
         const result = previous?.apply(this, arguments);
         const map = readGroupMap(output);
-        if (map) show(this, map);
+        const run = typeof output?.moga_run?.[0] === "string" ? output.moga_run[0] : null;
+        if (map || run) show(this, map, run);
         return result;
       };
     },

@@ -2,7 +2,8 @@
 //
 // The Python module is the spec. This file follows it rule for rule so that the timeline shows exactly the frames,
 // latent frames and cut positions that the node will use, and the same notes and error messages:
-//   - text form: one shot per line, "duration | prompt" ("3s", "2.5 s", "2.5", "33f"); '#' starts a comment;
+//   - text form: one shot per line, "duration | prompt" ("3s", "2.5 s", "2.5", "33f"); a line whose first non-space
+//     character is '#' is a comment ('#' elsewhere belongs to the prompt); at most MAX_FRAMES frames in all;
 //     or a JSON list [{"prompt": ..., "seconds": 3}, {"prompt": ..., "frames": 33}];
 //   - seconds -> frames with Python's round() (ties to even);
 //   - latent frames = (frames - 1) // 4 + 1; a cut at pixel frame s moves to latent frame (s + 5) // 4.
@@ -13,6 +14,7 @@
 // loaded that way does nothing.
 
 export const TEMPORAL_STRIDE = 4;
+export const MAX_FRAMES = 100000; // nodes/shots.py MAX_FRAMES: the long-video sampler's length limit
 
 /** A malformed shot list or an impossible plan; `message` is the Python side's message, word for word. */
 export class ShotPlanError extends Error {
@@ -280,7 +282,7 @@ export function parseShots(text, fps) {
     let number = 0;
     pySplitlines(text).forEach((raw, k) => {
       const lineNo = k + 1;
-      const line = pyLstrip(raw).startsWith("#") ? "" : raw.split("#", 1)[0];
+      const line = pyLstrip(raw).startsWith("#") ? "" : raw;
       if (!pyStrip(line)) return;
       number += 1;
       const m = LINE_RE.exec(line);
@@ -307,6 +309,10 @@ function makeSpec(index, prompt, value, unit, fps) {
   if (!Number.isFinite(value) || value <= 0) {
     throw new ShotPlanError(`shot ${index}: duration must be positive, got ${pyG(value)}${unit}`);
   }
+  if ((unit === "f" ? value : value * fps) > MAX_FRAMES) {
+    throw new ShotPlanError(`shot ${index}: ${pyG(value)}${unit} is longer than a whole video may be (${MAX_FRAMES} ` +
+      "frames, the long-video sampler's limit)");
+  }
   if (unit === "f") {
     if (value !== Math.trunc(value)) throw new ShotPlanError(`shot ${index}: a frame count must be whole, got ${pyG(value)}f`);
     return { prompt, frames: value, seconds: null };
@@ -325,6 +331,10 @@ function makeSpec(index, prompt, value, unit, fps) {
 export function planShots(specs, fps) {
   if (!specs.length) throw new ShotPlanError("no shots to plan");
   const total = specs.reduce((sum, s) => sum + s.frames, 0);
+  if (total > MAX_FRAMES) {
+    throw new ShotPlanError(`the shots add up to ${total} frames, more than a video may have (${MAX_FRAMES} frames, ` +
+      "the long-video sampler's limit); shorten or drop shots");
+  }
   const numLatent = Math.floor((total - 1) / TEMPORAL_STRIDE) + 1;
   const decoded = TEMPORAL_STRIDE * (numLatent - 1) + 1;
   const notes = [];
@@ -408,9 +418,9 @@ export function formatDuration(shot) {
   return `${s}s`;
 }
 
-/** A prompt fit for one line: line breaks become spaces; '#' (which would start a comment) is removed. */
+/** A prompt fit for one line: line breaks become spaces. */
 export function cleanPrompt(prompt) {
-  return pyStrip(String(prompt).replace(/\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]/gu, " ").replace(/#/g, ""));
+  return pyStrip(String(prompt).replace(/\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]/gu, " "));
 }
 
 /** The canonical line of a shot: "3s | prompt". */
@@ -419,7 +429,7 @@ export function formatShotLine(shot) {
 }
 
 /**
- * The text as an editable document: {shots: [{value, unit ('s'|'f'), prompt, raw, leading: [lines], comment}],
+ * The text as an editable document: {shots: [{value, unit ('s'|'f'), prompt, raw, leading: [lines]}],
  * trailing: [lines], json: bool}. Comment and blank lines travel with the shot below them; an unchanged shot keeps
  * its line as typed (shot.raw). Throws ShotPlanError where parseShots would.
  */
@@ -430,7 +440,7 @@ export function readDocument(text, fps) {
     const shots = items.map((item) => {
       const unit = Object.hasOwn(item, "frames") ? "f" : "s";
       return { value: pyFloat(unit === "f" ? item.frames : item.seconds), unit, prompt: pyStrip(pyStr(item.prompt)),
-        raw: null, leading: [], comment: "" };
+        raw: null, leading: [] };
     });
     return { shots, trailing: [], json: true };
   }
@@ -438,20 +448,18 @@ export function readDocument(text, fps) {
   let pending = [];
   for (const raw of pySplitlines(text)) {
     const commentOnly = pyLstrip(raw).startsWith("#");
-    const line = commentOnly ? "" : raw.split("#", 1)[0];
+    const line = commentOnly ? "" : raw;
     if (!pyStrip(line)) {
       pending.push(raw);
       continue;
     }
     const m = LINE_RE.exec(line);
-    const hash = raw.indexOf("#");
     shots.push({
       value: Number(asciiDigits(m.groups.num)),
       unit: (m.groups.unit || "s").toLowerCase()[0] === "f" ? "f" : "s",
       prompt: pyStrip(m.groups.prompt),
       raw,
       leading: pending,
-      comment: hash >= 0 ? raw.slice(hash) : "",
     });
     pending = [];
   }
@@ -464,7 +472,7 @@ export function writeDocument(doc) {
   for (const shot of doc.shots) {
     lines.push(...shot.leading);
     if (shot.raw != null) lines.push(shot.raw);
-    else lines.push(formatShotLine(shot) + (shot.comment ? ` ${shot.comment}` : ""));
+    else lines.push(formatShotLine(shot));
   }
   lines.push(...doc.trailing);
   return lines.join("\n");
@@ -477,7 +485,7 @@ export function shotFrames(shot, fps) {
 
 /** A new shot for the document (written in the canonical form). */
 export function newShot(prompt, value, unit = "s") {
-  return { value, unit, prompt: cleanPrompt(prompt), raw: null, leading: [], comment: "" };
+  return { value, unit, prompt: cleanPrompt(prompt), raw: null, leading: [] };
 }
 
 /**

@@ -38,22 +38,12 @@ class ModelAdapter:
     def hidden_size(self) -> int:
         raise NotImplementedError
 
-    @property
-    def num_heads(self) -> int:
-        raise NotImplementedError
-
     def blocks(self) -> list[BlockKey]:
         raise NotImplementedError
 
     @property
     def num_blocks(self) -> int:
         return len(self.blocks())
-
-    def block_key(self, block_type: str, block_index: int) -> BlockKey:
-        for key in self.blocks():
-            if key.block_type == block_type and key.block_index == block_index:
-                return key
-        raise KeyError((block_type, block_index))
 
     # ---- per forward
     def grid(self, x_shape, transformer_options: dict) -> tuple[int, int, int]:

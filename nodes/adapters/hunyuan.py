@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..wiring import shot_plan_of
 from .base import BlockKey, ModelAdapter
 
 
@@ -23,10 +24,6 @@ class HunyuanVideoAdapter(ModelAdapter):
     @property
     def hidden_size(self) -> int:
         return int(self.diffusion_model.hidden_size)
-
-    @property
-    def num_heads(self) -> int:
-        return int(self.diffusion_model.num_heads)
 
     def blocks(self) -> list[BlockKey]:
         dm = self.diffusion_model
@@ -70,12 +67,10 @@ class HunyuanVideoAdapter(ModelAdapter):
         original = type(refiner).forward
 
         def refine_per_caption(x, timesteps, mask, transformer_options={}):
-            from ..shot_attention import plan_of
-
-            plan = plan_of(transformer_options)
+            plan = shot_plan_of(transformer_options)
             if plan is None or plan.shot_tokens is None or x.shape[1] != plan.text_tokens:
                 return original(refiner, x, timesteps, mask, transformer_options=transformer_options)
-            ranges = ([plan.global_tokens] if plan.global_tokens else []) + list(plan.shot_tokens)
+            ranges = plan.caption_ranges()
             parts = [original(refiner, x[:, a:b], timesteps, None if mask is None else mask[:, a:b],
                               transformer_options=transformer_options) for a, b in ranges]
             return torch.cat(parts, dim=1)

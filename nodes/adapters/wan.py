@@ -26,10 +26,6 @@ class WanAdapter(ModelAdapter):
     def hidden_size(self) -> int:
         return int(self.diffusion_model.dim)
 
-    @property
-    def num_heads(self) -> int:
-        return int(self.diffusion_model.num_heads)
-
     def blocks(self) -> list[BlockKey]:
         return [BlockKey("double", i, i) for i in range(len(self.diffusion_model.blocks))]
 

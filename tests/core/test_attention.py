@@ -113,7 +113,7 @@ def test_router_gradient_reaches_weights_through_gate_in_mean_mode():
     router = Router(32, 4)
     q, k, v = (torch.randn(1, layout.num_tokens, 2, 16) for _ in range(3))
     groups, gate = router(x)
-    out = moga_attention(q, k, v, layout, MogaConfig(num_groups=4, temporal_group=2), groups, gate)
+    out = moga_attention(q, k, v, layout, MogaConfig(num_groups=4, temporal_group=2, combine="mean"), groups, gate)
     out.square().sum().backward()
     assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0
     assert router.bias.grad is not None and router.bias.grad.abs().sum() > 0

@@ -12,10 +12,11 @@ import pytest
 
 TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACK_ROOT = os.path.dirname(TESTS_DIR)
-if TESTS_DIR not in sys.path:
-    sys.path.insert(0, TESTS_DIR)
+for path in (PACK_ROOT, TESTS_DIR):
+    if path not in sys.path:
+        sys.path.insert(0, path)
 
-import workflow_tools  # noqa: E402  (needs TESTS_DIR on sys.path)
+from devtools import workflow_graph as workflow_tools  # noqa: E402  (needs PACK_ROOT on sys.path)
 
 
 @pytest.fixture(scope="session")
@@ -51,7 +52,7 @@ def moga(comfyui, tmp_path_factory):
     assert ok, "ComfyUI failed to load the pack (see the log above)"
     name = str(link).replace(".", "_x_")
     ns = types.SimpleNamespace(name=name, module=sys.modules[name])
-    for attr, sub in (("core", "moga_core"), ("routers", "moga_core.routers"), ("patcher", "nodes.patcher"),
+    for attr, sub in (("core", "moga_core"), ("routers", "moga_core.routers"), ("patcher", "nodes.patcher"), ("wiring", "nodes.wiring"),
                       ("adapters", "nodes.adapters"), ("calibrate", "nodes.calibrate"),
                       ("load_model", "nodes.load_model"), ("router_files", "nodes.router_files")):
         setattr(ns, attr, importlib.import_module(f"{name}.{sub}"))

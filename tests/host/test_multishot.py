@@ -48,8 +48,9 @@ def shots(moga):
 
 
 def test_durations_to_frames_to_latent_frames(shots):
-    specs = shots.parse_shots("3s | a cat\n# a comment\n2.5 s | a dog   # trailing comment\n33f | a bird", 16)
-    assert [(s.prompt, s.frames, s.seconds) for s in specs] == [("a cat", 48, 3.0), ("a dog", 40, 2.5),
+    # only a line starting with '#' is a comment; a '#' after the prompt's start is the prompt's own
+    specs = shots.parse_shots("3s | a cat\n# a comment\n2.5 s | a dog   # no comment\n33f | a bird", 16)
+    assert [(s.prompt, s.frames, s.seconds) for s in specs] == [("a cat", 48, 3.0), ("a dog   # no comment", 40, 2.5),
                                                                 ("a bird", 33, None)]
     plan = shots.plan_shots(specs, 16)
     assert plan.frame_starts == (0, 48, 88)

@@ -34,6 +34,9 @@ def patched(moga, model, m, combine="union", seed=0, **options):
     adapter = moga.adapters.adapter_for(model)
     routers = routers_for(moga, adapter, m, seed=seed, combine=combine)
     clone = model.clone()
+    shots = options.pop("shots", None)
+    if shots is not None:
+        moga.wiring.set_shot_cuts(clone, shots)
     defaults = dict(start_percent=0.0, min_tokens=0, temporal_group=2)
     defaults.update(options)
     patch = moga.patcher.install(clone, routers, moga.patcher.PatchOptions(**defaults))

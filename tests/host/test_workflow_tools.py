@@ -1,4 +1,4 @@
-"""Tests for tests/workflow_tools.py against a real ComfyUI (CPU mode, in-process).
+"""Tests for devtools/workflow_graph.py against a real ComfyUI (CPU mode, in-process).
 
 Three groups:
 
@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-import workflow_tools as wt
+from devtools import workflow_graph as wt
 
 MODEL_FILE_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
 

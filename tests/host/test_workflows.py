@@ -6,7 +6,7 @@ properties, groups, no overlapping nodes); every node type exists in ComfyUI cor
 node list, the pack loaded by ComfyUI's custom-node loader); every link type-checks; the notes name every model
 file and its folder; the file converts to an API prompt (``ui_to_api``, strict) and ``execution.validate_prompt``
 passes completely with the model folders pointed at stand-in files of the same names. The files must also be
-exactly what ``workflows/build_workflows.py`` writes.
+exactly what ``devtools/build_workflows.py`` writes.
 
 Execution (``test_workflow_executes``): the converted API prompt runs through ``run_api_prompt`` (ComfyUI's
 PromptExecutor) with
@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -63,7 +62,7 @@ import pytest
 import torch
 
 import tiny_models as tm
-import workflow_tools as wt
+from devtools import build_workflows, workflow_graph as wt
 
 pytestmark = pytest.mark.host
 
@@ -116,14 +115,8 @@ def load_workflow(name: str) -> dict:
 
 
 def load_builder():
-    """workflows/build_workflows.py as a module (it is a script, not part of a package)."""
-    name = "moga_build_workflows"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, os.path.join(WORKFLOWS_DIR, "build_workflows.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """devtools/build_workflows.py, the script that writes workflows/*.json."""
+    return build_workflows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -308,7 +301,7 @@ def test_shipped_files_are_the_build_scripts_output(schemas):
     for name, workflow in built.items():
         with open(os.path.join(WORKFLOWS_DIR, name), encoding="utf-8") as f:
             text = f.read()
-        assert text == builder.dumps(workflow), f"{name} is stale: run workflows/build_workflows.py"
+        assert text == builder.dumps(workflow), f"{name} is stale: run python -m devtools.build_workflows"
 
 
 def _rect(node: dict) -> tuple[float, float, float, float]:
@@ -503,14 +496,14 @@ def run_workflow(name: str, schemas: dict, moga, standins, monkeypatch, edit=Non
     replaced = {e["class_type"] for e in prompt.values()} & set(STAND_INS)
     prompt = shrink_prompt(prompt, EXPECT[name].size)
     patches = []
-    original_init = moga.patcher.MogaPatch.__init__
+    original_init = moga.patcher.BlockPatch.__init__
 
     def recording_init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
         patches.append(self)
 
     with monkeypatch.context() as mp:
-        mp.setattr(moga.patcher.MogaPatch, "__init__", recording_init)
+        mp.setattr(moga.patcher.BlockPatch, "__init__", recording_init)
         standins.ENCODED.clear()
         try:
             result = wt.run_api_prompt(prompt, extra_data={"extra_pnginfo": {"workflow": wf}})
@@ -532,11 +525,11 @@ def check_video(run: Run, model_tree, frames: int, size: int) -> None:
 
 def check_moga_ran_sparse(run: Run, routed_patches: int, calibrations: int) -> None:
     """Every calibration pass saw tokens; every patch took every routed block sparse in every forward."""
-    probes = [p for p in run.patches if p.capture is not None]
-    routed = [p for p in run.patches if p.routers is not None]
+    probes = [p for p in run.patches if type(p).__name__ == "CapturePatch"]  # calibration passes
+    routed = [p for p in run.patches if type(p).__name__ == "MogaPatch"]
     assert len(probes) == calibrations and len(routed) == routed_patches
     for probe in probes:
-        assert probe.last_run_stats["forwards"] > 0 and probe.capture.seen
+        assert probe.last_run_stats["forwards"] > 0 and probe.sample.seen
     for patch in routed:
         stats = patch.last_run_stats
         assert stats is not None and stats["forwards"] > 0, "the patched model never ran"
@@ -583,7 +576,7 @@ def test_workflow_executes(name, schemas, model_tree, standins, moga, monkeypatc
         os.remove(check_saved_router(run, model_tree, moga))
     check_moga_ran_sparse(run, expect.routed_patches, expect.calibrations)
     if name.startswith("hunyuan"):
-        (patch,) = [p for p in run.patches if p.routers is not None]
+        (patch,) = [p for p in run.patches if type(p).__name__ == "MogaPatch"]
         assert {kind for kind, _ in patch.last_run_stats["sparse_calls"]} == {"double", "single"}
     # the text nodes ran on the stand-in encoders: the global prompt and every shot caption were encoded
     texts = [t for _, t in standins.ENCODED]

@@ -348,7 +348,7 @@ await check("timeline_edit_move_delete", async () => {
   await tl.locator("input[data-field=duration]").fill("33f");
   await tl.locator("[data-action=save]").click();
   let lines = (await widgetValue(nodeId, "shots")).split("\n");
-  assertEqual(lines[1], "33f | Close-up: she smiles  not a comment", "edited line ('#' removed)");
+  assertEqual(lines[1], "33f | Close-up: she smiles # not a comment", "edited line ('#' kept: only a line starting with '#' is a comment)");
   // move shot 4 before shot 1 by dragging it
   const b4 = center(await tl.locator('.moga-tl-shot[data-index="3"]').boundingBox());
   const b1 = await tl.locator('.moga-tl-shot[data-index="0"]').boundingBox();

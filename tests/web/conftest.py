@@ -22,13 +22,13 @@ import pytest
 
 WEB_TESTS = os.path.dirname(os.path.abspath(__file__))
 PACK_ROOT = os.path.dirname(os.path.dirname(WEB_TESTS))
-TESTS_DIR = os.path.dirname(WEB_TESTS)
-if TESTS_DIR not in sys.path:
-    sys.path.insert(0, TESTS_DIR)
+if PACK_ROOT not in sys.path:
+    sys.path.insert(0, PACK_ROOT)
 
-import workflow_tools  # noqa: E402
+from devtools import workflow_graph as workflow_tools  # noqa: E402
 
-SETUP_HINT = "run `bash .ci/setup-browser.sh` (installs Chromium and the npm packages of tests/web)"
+SETUP_HINT = ("run `bash .ci/setup-browser.sh` once (installs Chromium, Node.js >= 20 and playwright-core), "
+              "then run the tests again")
 # browser settings for the test profile: no minimap over the canvas, no first-run tour, validate loaded workflows
 # (the frontend then reports broken links, which the workflow check asserts against)
 TEST_SETTINGS = {

@@ -75,13 +75,13 @@ test("the document keeps comments and untouched lines, writes changed shots cano
   assert.equal(sp.writeDocument(doc), text);
   doc.shots[0].value = 4;
   doc.shots[0].raw = null;
-  assert.equal(sp.writeDocument(doc), "# intro\n4s | a cat # wide\n\n2.5s | a dog\n# end");
+  assert.equal(sp.writeDocument(doc), "# intro\n4s | a cat   # wide\n\n2.5s | a dog\n# end");
   doc.shots.reverse();
   doc.shots.push(sp.newShot("a bird\nflies # up", 33, "f"));
   const out = sp.writeDocument(doc);
-  assert.equal(out, "\n2.5s | a dog\n# intro\n4s | a cat # wide\n33f | a bird flies  up\n# end");
+  assert.equal(out, "\n2.5s | a dog\n# intro\n4s | a cat   # wide\n33f | a bird flies # up\n# end");
   const plan = sp.planShots(sp.parseShots(out, 16), 16);
-  assert.deepEqual(plan.shots.map((s) => s.prompt), ["a dog", "a cat", "a bird flies  up"]);
+  assert.deepEqual(plan.shots.map((s) => s.prompt), ["a dog", "a cat   # wide", "a bird flies # up"]);
   assert.deepEqual(plan.shots.map((s) => s.frames), [40, 64, 33]);
 });
 

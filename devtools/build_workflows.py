@@ -1,12 +1,13 @@
-"""Builds the example workflows of this folder: UI-format graphs exactly as ComfyUI's frontend (1.42) saves them.
+"""Builds the example workflows in workflows/: UI-format graphs exactly as ComfyUI's frontend (1.42) saves them.
 
-    COMFYUI_PATH=/path/to/ComfyUI python3 workflows/build_workflows.py      # from the pack root
+    COMFYUI_PATH=/path/to/ComfyUI python3 -m devtools.build_workflows      # from the pack root
 
 Each workflow below is a short function that places nodes on a grid (``(x, None)``: below what is already in that
 column), wires them and sets the widgets that differ from the node's defaults. Input slots and ``widgets_values``
 are laid out from the live node schemas of the ComfyUI it runs against (the same data as ``/object_info``), in the
 frontend's order: sockets, then one slot per widget; the ``control_after_generate`` value after every seed; the
-upload button of Load Image. So they are right by construction, and frontend 1.42.11, loading these files and
+upload button of Load Image (the widget layout is `devtools.workflow_graph.widget_layout`, which the tests' UI -> API
+conversion reads back). So they are right by construction, and frontend 1.42.11, loading these files and
 saving them again, writes the same nodes, links and groups back. ``tests/host/test_workflows.py`` checks that the
 committed JSON files equal this script's output and executes every one of them in ComfyUI's own executor.
 
@@ -16,6 +17,7 @@ canvas says where to download them and which folder they go in.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -24,8 +26,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-PACK_ROOT = os.path.dirname(HERE)
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if PACK_ROOT not in sys.path:  # run as a script
+    sys.path.insert(0, PACK_ROOT)
+
+from devtools import workflow_graph as wg  # noqa: E402
+
+WORKFLOWS_DIR = os.path.join(PACK_ROOT, "workflows")
 FRONTEND_VERSION = "1.42.11"
 COMFY_CORE_VERSION = "0.19.3"
 PACK_ID = "comfyui-moga"
@@ -132,6 +139,11 @@ class Graph:
     def link(self, src: Node, output: int | str, dst: Node, input_: str) -> None:
         self.links.append(Link(len(self.links) + 1, src, output, dst, input_))
 
+    def wire(self, dst: Node, **sources: Node) -> None:
+        """Link output 0 of each source to the input of ``dst`` named by its keyword, in the order given."""
+        for input_, src in sources.items():
+            self.link(src, 0, dst, input_)
+
     def group(self, title: str, nodes: list[Node], color: str = "#3f789e") -> None:
         self.groups.append((title, nodes, color))
 
@@ -214,58 +226,42 @@ class Graph:
         }
 
 
-_WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-
-
-def _spec_parts(spec) -> tuple[str, dict, list | None]:
-    head = spec[0]
-    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    if isinstance(head, list):
-        return "COMBO", opts, head
-    return str(head), opts, opts.get("options") if head == "COMBO" else None
-
-
 class _NodeLayout:
     """One node's input slots and widgets, from its schema, as the frontend (1.42) lays them out and saves them.
 
     ``inputs`` holds the sockets first (schema order, optional ones with ``shape`` 7), then one slot per widget
     (``widget: {name}``; a widget converted to an input is linked there), and the image-upload button of media
-    loaders after its combo. Links address these slots by index.
+    loaders. Links address these slots by index. ``widgets`` is `workflow_graph.widget_layout`'s list.
     """
 
     def __init__(self, node: Node, schemas: dict):
         if node.type not in schemas:
             raise KeyError(f"{node.type} is not a node of this ComfyUI (is the pack loaded?)")
         self.node, self.info = node, schemas[node.type]
+        sections = self.info.get("input") or {}
+        self.widgets = wg.widget_layout(self.info, {"inputs": []}, lambda _pos, name: node.widgets.get(name),
+                                        wg.LayoutVariant())
+        values = {slot.name for slot in self.widgets if slot.kind == "value"}
         sockets: list[dict] = []
         widget_slots: list[dict] = []
-        self.widgets: list[tuple[str, str, dict, list | None]] = []  # (name, type, options, combo choices)
-        order = self.info.get("input_order") or {}
-        for section in ("required", "optional"):
-            specs = (self.info.get("input") or {}).get(section) or {}
-            for name in order.get(section) or list(specs):
-                typ, opts, choices = _spec_parts(specs[name])
-                is_widget = typ in _WIDGET_TYPES and not opts.get("forceInput")
-                slot = {"localized_name": name, "name": name}
-                if section == "optional":
-                    slot["shape"] = 7
-                slot["type"] = typ
-                if is_widget:
-                    slot["widget"] = {"name": name}
-                slot["link"] = None
-                if is_widget:
-                    self.widgets.append((name, typ, opts, choices))
-                    widget_slots.append(slot)
-                    if typ == "COMBO" and opts.get("image_upload"):
-                        widget_slots.append({"localized_name": "choose file to upload", "name": "upload",
-                                             "type": "IMAGEUPLOAD", "widget": {"name": "upload"}, "link": None})
-                else:
-                    sockets.append(slot)
+        optional = set(sections.get("optional") or {})
+        for name, spec, _ in wg.ordered_inputs(sections, self.info.get("input_order")):
+            slot = {"localized_name": name, "name": name}
+            if name in optional:
+                slot["shape"] = 7
+            slot["type"] = wg.spec_type(spec)
+            if name in values:
+                slot["widget"] = {"name": name}
+            slot["link"] = None
+            (widget_slots if name in values else sockets).append(slot)
+        for slot in self.widgets:
+            if slot.kind == "ui" and slot.name == "upload":
+                widget_slots.append({"localized_name": "choose file to upload", "name": "upload",
+                                     "type": "IMAGEUPLOAD", "widget": {"name": "upload"}, "link": None})
         self.slots = sockets + widget_slots
-        widget_names = {w[0] for w in self.widgets}
-        unknown = set(node.widgets) - widget_names
+        unknown = set(node.widgets) - values
         if unknown:
-            raise KeyError(f"{node.type} has no widget(s) {sorted(unknown)}; widgets: {sorted(widget_names)}")
+            raise KeyError(f"{node.type} has no widget(s) {sorted(unknown)}; widgets: {sorted(values)}")
 
     def output_slot(self, output: int | str) -> tuple[int, str]:
         names, types = self.info["output_name"], self.info["output"]
@@ -296,20 +292,27 @@ class _NodeLayout:
 
     def widgets_values(self) -> list:
         values = []
-        for name, typ, opts, choices in self.widgets:
-            value = self.node.widgets[name] if name in self.node.widgets else opts.get("default")
-            if value is None and choices:
-                value = choices[0]
-            if choices and value not in choices and not self._is_file_name(value):
-                raise ValueError(f"{self.node.type}.{name}: {value!r} is not one of {choices}")
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)  # JSON.stringify(5.0) == "5"
-            values.append(value)
-            if typ == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
+        for slot in self.widgets:
+            if slot.kind == "control":
                 values.append(self.node.control)
-            if typ == "COMBO" and opts.get("image_upload"):
+            elif slot.kind == "ui" and slot.name == "upload":
                 values.append("image")  # the upload button's value, as the frontend saves it
+            elif slot.kind == "value":
+                values.append(self._value(slot))
+            else:
+                raise ValueError(f"{self.node.type}: the builder does not write {slot.kind!r} widgets ({slot.name})")
         return values
+
+    def _value(self, slot) -> Any:
+        choices = wg.combo_choices(slot.spec) if wg.spec_type(slot.spec) == "COMBO" else None
+        value = self.node.widgets.get(slot.name, wg.spec_options(slot.spec).get("default"))
+        if value is None and choices:
+            value = choices[0]
+        if choices and value not in choices and not self._is_file_name(value):
+            raise ValueError(f"{self.node.type}.{slot.name}: {value!r} is not one of {choices}")
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON.stringify(5.0) == "5"
+        return value
 
     @staticmethod
     def _is_file_name(value) -> bool:  # model/image lists depend on the machine the script runs on
@@ -331,12 +334,13 @@ class _NodeLayout:
         sockets = sum(1 for slot in self.slots if "widget" not in slot)
         height = 30 + 22 * max(sockets, len(self.info["output"]))
         width = 320
-        for name, typ, opts, _choices in self.widgets:
-            height += 130 if opts.get("multiline") else 26
-            if typ == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
-                height += 26  # control_after_generate
-            if typ == "COMBO":
-                width = 360
+        for slot in self.widgets:
+            if slot.kind == "value":
+                height += 130 if wg.spec_options(slot.spec).get("multiline") else 26
+                if wg.spec_type(slot.spec) == "COMBO":
+                    width = 360
+            elif slot.kind == "control":
+                height += 26
         return width, height
 
 
@@ -477,6 +481,23 @@ def moga_apply(g: Graph, model: Node, router: Node, x, title=None, **options) ->
     return node
 
 
+def text_encode(g: Graph, clip: Node, kind: str, text: str, size=(440, 200)) -> Node:
+    """A positive or negative CLIP Text Encode in the prompt column, wired to ``clip``."""
+    colors = POSITIVE_COLORS if kind == "positive" else NEGATIVE_COLORS
+    node = g.node("CLIPTextEncode", (COL, None), title=f"CLIP Text Encode ({kind.capitalize()} Prompt)", size=size,
+                  colors=colors, text=text)
+    g.link(clip, 0, node, "clip")
+    return node
+
+
+def multishot_prompt(g: Graph, clip: Node, shots: str, global_prompt: str, fps: float) -> Node:
+    """MoGA Multi-Shot Prompt in the prompt column, wired to ``clip``."""
+    node = g.node("MoGAMultiShotPrompt", (COL, None), size=(520, 560), colors=POSITIVE_COLORS, shots=shots,
+                  global_prompt=global_prompt, fps=fps)
+    g.link(clip, 0, node, "clip")
+    return node
+
+
 def decode_and_save(g: Graph, latent: Node, vae: Node, x, fps: float, prefix: str, step: int,
                     latent_output=0) -> list[Node]:
     decode = g.node("VAEDecodeTiled", (x, None), tile_size=256, overlap=64, temporal_size=64, temporal_overlap=8)
@@ -523,12 +544,8 @@ def wan21_t2v_multishot(name: str, unet: str, shots: str, global_prompt: str, hi
     g.link(clip, 0, cal_prompt, "clip")
     cal_latent = g.node("EmptyHunyuanLatentVideo", (0, None), title="Calibration latent (33 frames)",
                         width=size[0], height=size[1], length=33, batch_size=1)
-    multishot = g.node("MoGAMultiShotPrompt", (COL, None), size=(520, 560), colors=POSITIVE_COLORS, shots=shots,
-                       global_prompt=global_prompt, fps=16.0)
-    g.link(clip, 0, multishot, "clip")
-    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(520, 200),
-                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
-    g.link(clip, 0, negative, "clip")
+    multishot = multishot_prompt(g, clip, shots, global_prompt, fps=16.0)
+    negative = text_encode(g, clip, "negative", WAN_NEGATIVE, size=(520, 200))
     g.note(SHOTS_NOTE, (COL, None), (520, None), title="Shots")
     x = 2 * COL + 120
     router = calibration(g, unet_node, cal_prompt, negative, cal_latent, x, cfg=6.0)
@@ -545,34 +562,33 @@ def wan21_t2v_multishot(name: str, unet: str, shots: str, global_prompt: str, hi
     return g
 
 
-def wan21_t2v_1_3b() -> Graph:
-    shots = ("3s | Wide shot: Mara walks along a rain-soaked harbour pier at dawn, gulls circling above the fishing "
-             "boats rocking in the grey water\n"
-             "3s | Medium shot: Mara stops at a small coffee kiosk and orders, steam rising from the espresso machine, "
-             "warm light inside the kiosk\n"
-             "4s | Close-up: Mara holds the paper cup in both hands and smiles as the sun breaks through the clouds "
-             "behind her")
-    global_prompt = ("Mara, a woman in her thirties with short red hair and a green wool coat. Cinematic, 35 mm film "
-                     "look, soft natural light, muted colours.")
-    return wan21_t2v_multishot("wan2.1_t2v_1.3B_multishot_moga", "wan2.1_t2v_1.3B_fp16.safetensors", shots,
-                               global_prompt, "This workflow: 3 shots, about 10 s (157 frames, 40 latent frames: "
-                               "62,400 tokens at 480p; the multi-shot prompt's `plan` output lists them).",
-                               prefix="video/MoGA_wan2.1_t2v_1.3B")
-
-
-def wan21_t2v_14b() -> Graph:
-    shots = ("3s | Establishing shot: a white lighthouse on a rocky cliff at dusk, waves crashing below, the lamp "
-             "starting to turn\n"
-             "3s | Inside the lighthouse: the old keeper climbs the spiral staircase with an oil lantern, his shadow "
-             "sliding along the curved wall\n"
-             "3s | Close-up: the keeper wipes the great lens with a cloth, the light flaring through the glass\n"
-             "3s | Aerial shot: the beam sweeps across the dark sea as a small fishing boat turns towards the harbour")
-    global_prompt = ("An old lighthouse keeper with a white beard, a navy pea coat and a knitted cap. Cinematic, "
-                     "moody blue-hour light, high detail, 35 mm film grain.")
-    return wan21_t2v_multishot("wan2.1_t2v_14B_multishot_moga", "wan2.1_t2v_14B_fp8_scaled.safetensors", shots,
-                               global_prompt, "This workflow: 4 shots, about 12 s (189 frames, 48 latent frames: "
-                               "74,880 tokens at 480p). For 720p (1280 x 720) set the sampler's shift to 5.",
-                               prefix="video/MoGA_wan2.1_t2v_14B")
+#: the two Wan 2.1 text-to-video examples: (workflow, model file, shots, global prompt, canvas hint, video prefix)
+WAN21_T2V_EXAMPLES = [
+    ("wan2.1_t2v_1.3B_multishot_moga", "wan2.1_t2v_1.3B_fp16.safetensors",
+     "3s | Wide shot: Mara walks along a rain-soaked harbour pier at dawn, gulls circling above the fishing boats "
+     "rocking in the grey water\n"
+     "3s | Medium shot: Mara stops at a small coffee kiosk and orders, steam rising from the espresso machine, warm "
+     "light inside the kiosk\n"
+     "4s | Close-up: Mara holds the paper cup in both hands and smiles as the sun breaks through the clouds behind "
+     "her",
+     "Mara, a woman in her thirties with short red hair and a green wool coat. Cinematic, 35 mm film look, soft "
+     "natural light, muted colours.",
+     "This workflow: 3 shots, about 10 s (157 frames, 40 latent frames: 62,400 tokens at 480p; the multi-shot "
+     "prompt's `plan` output lists them).",
+     "video/MoGA_wan2.1_t2v_1.3B"),
+    ("wan2.1_t2v_14B_multishot_moga", "wan2.1_t2v_14B_fp8_scaled.safetensors",
+     "3s | Establishing shot: a white lighthouse on a rocky cliff at dusk, waves crashing below, the lamp starting "
+     "to turn\n"
+     "3s | Inside the lighthouse: the old keeper climbs the spiral staircase with an oil lantern, his shadow "
+     "sliding along the curved wall\n"
+     "3s | Close-up: the keeper wipes the great lens with a cloth, the light flaring through the glass\n"
+     "3s | Aerial shot: the beam sweeps across the dark sea as a small fishing boat turns towards the harbour",
+     "An old lighthouse keeper with a white beard, a navy pea coat and a knitted cap. Cinematic, moody blue-hour "
+     "light, high detail, 35 mm film grain.",
+     "This workflow: 4 shots, about 12 s (189 frames, 48 latent frames: 74,880 tokens at 480p). For 720p "
+     "(1280 x 720) set the sampler's shift to 5.",
+     "video/MoGA_wan2.1_t2v_14B"),
+]
 
 
 def wan21_i2v_14b() -> Graph:
@@ -589,14 +605,11 @@ def wan21_i2v_14b() -> Graph:
     unet_node, clip, vae = wan_loaders(g, unet)
     clip_vision = g.node("CLIPVisionLoader", (0, None), clip_name="clip_vision_h.safetensors")
     image = g.node("LoadImage", (0, None), size=(360, 380), image=START_IMAGE)
-    positive = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Positive Prompt)", size=(440, 200),
-                      colors=POSITIVE_COLORS,
-                      text="The woman in the picture turns towards the window and smiles, wind moving her hair, the "
-                           "camera slowly pushes in, soft morning light, cinematic")
-    g.link(clip, 0, positive, "clip")
-    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(440, 200),
-                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
-    g.link(clip, 0, negative, "clip")
+    positive = text_encode(
+        g, clip, "positive",
+        "The woman in the picture turns towards the window and smiles, wind moving her hair, the camera "
+        "slowly pushes in, soft morning light, cinematic")
+    negative = text_encode(g, clip, "negative", WAN_NEGATIVE)
     vision = g.node("CLIPVisionEncode", (COL, None), crop="none")
     g.link(clip_vision, 0, vision, "clip_vision")
     g.link(image, 0, vision, "image")
@@ -653,13 +666,9 @@ def wan22_a14b_t2v() -> Graph:
                   "3s | Inside the car: the driver, a young man with sunglasses, laughs and turns up the radio, his "
                   "passenger's scarf fluttering\n"
                   "3s | The car parks at a viewpoint; the two friends step out and look at the sunset over the sea")
-    multishot = g.node("MoGAMultiShotPrompt", (COL, None), size=(520, 560), colors=POSITIVE_COLORS,
-                       shots=shots_text, global_prompt="Two friends in their twenties on a summer road trip. "
-                                                       "Cinematic, warm golden light, 35 mm film look.", fps=16.0)
-    g.link(clip, 0, multishot, "clip")
-    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(520, 200),
-                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
-    g.link(clip, 0, negative, "clip")
+    multishot = multishot_prompt(g, clip, shots_text, "Two friends in their twenties on a summer road trip. "
+                                                      "Cinematic, warm golden light, 35 mm film look.", fps=16.0)
+    negative = text_encode(g, clip, "negative", WAN_NEGATIVE, size=(520, 200))
     latent = g.node("EmptyHunyuanLatentVideo", (COL, None), width=832, height=480, length=81, batch_size=1)
     g.link(multishot, "frames", latent, "length")
     x = 2 * COL + 120
@@ -709,15 +718,12 @@ def wan22_ti2v_5b() -> Graph:
            (NOTE_X, None), (560, None), title="MoGA routers")
     unet_node, clip, vae = wan_loaders(g, unet, vae="wan2.2_vae.safetensors")
     image = g.node("LoadImage", (0, None), size=(360, 380), mode=4, image=START_IMAGE)
-    positive = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Positive Prompt)", size=(440, 220),
-                      colors=POSITIVE_COLORS,
-                      text="A street musician plays a cello in a snowy town square at night, warm light from the "
-                           "shop windows, passers-by stop to listen, snowflakes drifting, the camera slowly circles "
-                           "around him, cinematic")
-    g.link(clip, 0, positive, "clip")
-    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(440, 200),
-                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
-    g.link(clip, 0, negative, "clip")
+    positive = text_encode(
+        g, clip, "positive",
+        "A street musician plays a cello in a snowy town square at night, warm light from the shop windows, "
+        "passers-by stop to listen, snowflakes drifting, the camera slowly circles around him, cinematic",
+        size=(440, 220))
+    negative = text_encode(g, clip, "negative", WAN_NEGATIVE)
     latent = g.node("Wan22ImageToVideoLatent", (COL, None), width=1280, height=704, length=241, batch_size=1)
     cal_latent = g.node("Wan22ImageToVideoLatent", (COL, None), title="Calibration latent (33 frames)", width=1280,
                         height=704, length=33, batch_size=1)
@@ -763,10 +769,8 @@ def hunyuan_t2v_multishot() -> Graph:
     shots_text = ("2s | A small wooden rowing boat glides across a misty mountain lake at sunrise, wide shot\n"
                   "2s | Medium shot: the girl in the boat pulls the oars, ripples spreading on the calm water\n"
                   "2s | Close-up: she lets go of the oars and watches a heron take off from the reeds")
-    multishot = g.node("MoGAMultiShotPrompt", (COL, None), size=(520, 560), colors=POSITIVE_COLORS,
-                       shots=shots_text, global_prompt="A girl of about ten with a yellow raincoat and braided "
-                                                       "hair. Cinematic, soft diffuse light, high detail.", fps=24.0)
-    g.link(clip, 0, multishot, "clip")
+    multishot = multishot_prompt(g, clip, shots_text, "A girl of about ten with a yellow raincoat and braided "
+                                                      "hair. Cinematic, soft diffuse light, high detail.", fps=24.0)
     guidance = g.node("FluxGuidance", (COL, None), colors=POSITIVE_COLORS, guidance=6.0)
     g.link(multishot, "positive", guidance, "conditioning")
     negative = g.node("ConditioningZeroOut", (COL, None), title="Negative (unused at cfg 1)")
@@ -789,11 +793,7 @@ def hunyuan_t2v_multishot() -> Graph:
     scheduler = g.node("BasicScheduler", (x + 420, None), scheduler="simple", steps=20, denoise=1.0)
     g.link(shift, 0, scheduler, "model")
     sample = g.node("SamplerCustomAdvanced", (x + 820, None), size=(320, 160))
-    g.link(noise, 0, sample, "noise")
-    g.link(guider, 0, sample, "guider")
-    g.link(sampler_select, 0, sample, "sampler")
-    g.link(scheduler, 0, sample, "sigmas")
-    g.link(latent, 0, sample, "latent_image")
+    g.wire(sample, noise=noise, guider=guider, sampler=sampler_select, sigmas=scheduler, latent_image=latent)
     decode_and_save(g, sample, vae, x + 1200, fps=24.0, prefix="video/MoGA_hunyuan_video", step=5)
     g.note(MOGA_NOTE + "\n\nHere the sampler is split as in the HunyuanVideo template: **MoGA Long Video Guider** "
                        "(CFG, memory chunking, shot plan) plugs into SamplerCustomAdvanced.",
@@ -817,9 +817,7 @@ def calibrate_router() -> Graph:
     positive = g.node("CLIPTextEncode", (COL, None), title="Calibration prompt", size=(440, 200),
                       colors=POSITIVE_COLORS, text=CALIBRATION_PROMPT)
     g.link(clip, 0, positive, "clip")
-    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(440, 200),
-                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
-    g.link(clip, 0, negative, "clip")
+    negative = text_encode(g, clip, "negative", WAN_NEGATIVE)
     latent = g.node("EmptyHunyuanLatentVideo", (COL, None), width=832, height=480, length=33, batch_size=1)
     x = 2 * COL + 60
     router = calibration(g, unet_node, positive, negative, latent, x, cfg=6.0)
@@ -856,14 +854,11 @@ def load_saved_router() -> Graph:
            (NOTE_X, None), (560, None), title="Model links")
     unet_node, clip, vae = wan_loaders(g, unet)
     router = g.node("MoGALoadRouter", (0, None), colors=MOGA_COLORS, router_name=CALIBRATED_ROUTER)
-    positive = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Positive Prompt)", size=(440, 200),
-                      colors=POSITIVE_COLORS,
-                      text="A fox trots through a snowy birch forest in the morning, sunbeams between the trees, "
-                           "tracking shot, cinematic")
-    g.link(clip, 0, positive, "clip")
-    negative = g.node("CLIPTextEncode", (COL, None), title="CLIP Text Encode (Negative Prompt)", size=(440, 200),
-                      colors=NEGATIVE_COLORS, text=WAN_NEGATIVE)
-    g.link(clip, 0, negative, "clip")
+    positive = text_encode(
+        g, clip, "positive",
+        "A fox trots through a snowy birch forest in the morning, sunbeams between the trees, tracking shot, "
+        "cinematic")
+    negative = text_encode(g, clip, "negative", WAN_NEGATIVE)
     latent = g.node("EmptyHunyuanLatentVideo", (COL, None), width=832, height=480, length=161, batch_size=1)
     x = 2 * COL + 60
     patched = moga_apply(g, unet_node, router, x)
@@ -871,10 +866,7 @@ def load_saved_router() -> Graph:
     g.link(patched, 0, shift, "model")
     sampler = g.node("KSampler", (x + 420, None), size=(340, 480), seed=0, steps=30, cfg=6.0,
                      sampler_name="uni_pc", scheduler="simple", denoise=1.0)
-    g.link(shift, 0, sampler, "model")
-    g.link(positive, 0, sampler, "positive")
-    g.link(negative, 0, sampler, "negative")
-    g.link(latent, 0, sampler, "latent_image")
+    g.wire(sampler, model=shift, positive=positive, negative=negative, latent_image=latent)
     decode_and_save(g, sampler, vae, x + 820, fps=16.0, prefix="video/MoGA_wan2.1_t2v_1.3B", step=5)
     g.note(MOGA_NOTE + "\n\n**MoGA Router Loader** reads routers from `models/moga/`; MoGA works with the stock "
                        "KSampler as well (here: 10 s, one prompt, 63,960 tokens at 480p).", (x, None), (880, None),
@@ -887,8 +879,8 @@ def load_saved_router() -> Graph:
 
 
 WORKFLOWS = {
-    "wan2.1_t2v_1.3B_multishot_moga": wan21_t2v_1_3b,
-    "wan2.1_t2v_14B_multishot_moga": wan21_t2v_14b,
+    **{name: functools.partial(wan21_t2v_multishot, name, unet, shots, global_prompt, hint, prefix=prefix)
+       for name, unet, shots, global_prompt, hint, prefix in WAN21_T2V_EXAMPLES},
     "wan2.1_i2v_14B_moga": wan21_i2v_14b,
     "wan2.2_a14b_t2v_moga": wan22_a14b_t2v,
     "wan2.2_ti2v_5B_moga": wan22_ti2v_5b,
@@ -912,22 +904,19 @@ def _load_host_schemas() -> dict:
     import asyncio
     import tempfile
 
-    sys.path.insert(0, os.path.join(PACK_ROOT, "tests"))
-    import workflow_tools
-
-    nodes = workflow_tools.init_comfyui(workflow_tools.find_comfyui(PACK_ROOT))
+    nodes = wg.init_comfyui(wg.find_comfyui(PACK_ROOT))
     link_dir = tempfile.mkdtemp(prefix="moga_build_")
     link = os.path.join(link_dir, "ComfyUI-MoGA")
     os.symlink(PACK_ROOT, link, target_is_directory=True)
     if not asyncio.run(nodes.load_custom_node(link)):
         raise RuntimeError("ComfyUI could not load the pack")
-    return workflow_tools.node_schemas_from_comfy()
+    return wg.node_schemas_from_comfy()
 
 
 def main() -> None:
     schemas = _load_host_schemas()
     for file_name, workflow in build_all(schemas).items():
-        path = os.path.join(HERE, file_name)
+        path = os.path.join(WORKFLOWS_DIR, file_name)
         with open(path, "w", encoding="utf-8") as f:
             f.write(dumps(workflow))
         print(f"wrote {os.path.relpath(path, PACK_ROOT)} ({len(workflow['nodes'])} nodes, "

@@ -1,4 +1,4 @@
-"""Test helpers for working with real ComfyUI workflows in-process.
+"""ComfyUI's workflow formats in Python, for the example-workflow builder and the tests.
 
 ComfyUI's backend only understands the *API* ("prompt") format::
 
@@ -24,8 +24,12 @@ Public helpers
 ``validate_api_prompt(prompt)`` / ``run_api_prompt(prompt)``
     Validate, or validate-and-execute, an API prompt in this process.
 
-This module deliberately imports nothing from pytest so it can be reused from
-scripts.  Everything that touches ComfyUI imports it lazily, after
+``widget_layout(info, node, value_at)``
+    The widgets the frontend creates for a node, in ``widgets_values`` order
+    (the workflow builder writes them, ``ui_to_api`` reads them).
+
+This module imports nothing from pytest: devtools/build_workflows.py and the
+tests share it.  Everything that touches ComfyUI imports it lazily, after
 ``init_comfyui`` has prepared ``sys.path``.
 """
 
@@ -377,7 +381,7 @@ def node_schemas_from_comfy(node_class_mappings: Optional[dict] = None) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def _spec_type(spec: Any) -> str:
+def spec_type(spec: Any) -> str:
     """The type of an input spec (``["INT", {...}]``); legacy combo lists -> COMBO."""
     if not isinstance(spec, (list, tuple)) or not spec:
         return "*"
@@ -387,19 +391,19 @@ def _spec_type(spec: Any) -> str:
     return str(head)
 
 
-def _spec_options(spec: Any) -> dict:
+def spec_options(spec: Any) -> dict:
     if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict):
         return spec[1]
     return {}
 
 
-def _combo_choices(spec: Any) -> list:
+def combo_choices(spec: Any) -> list:
     if isinstance(spec, (list, tuple)) and spec and isinstance(spec[0], (list, tuple)):
         return list(spec[0])
-    return list(_spec_options(spec).get("options") or [])
+    return list(spec_options(spec).get("options") or [])
 
 
-def _ordered_inputs(input_section: dict, input_order: Optional[dict] = None) -> list[tuple[str, Any, bool]]:
+def ordered_inputs(input_section: dict, input_order: Optional[dict] = None) -> list[tuple[str, Any, bool]]:
     """``(name, spec, optional)`` for required then optional inputs.
 
     Follows ``input_order`` when given (as the frontend does), then appends any
@@ -421,17 +425,17 @@ def _ordered_inputs(input_section: dict, input_order: Optional[dict] = None) -> 
     return result
 
 
-def _default_widget_value(spec: Any) -> Any:
+def default_widget_value(spec: Any) -> Any:
     """The value a freshly created frontend widget would hold."""
-    opts = _spec_options(spec)
+    opts = spec_options(spec)
     if "default" in opts:
         return copy.deepcopy(opts["default"])
-    typ = _spec_type(spec)
+    typ = spec_type(spec)
     if typ == DYNAMIC_COMBO:
         choices = [o.get("key") for o in opts.get("options") or []]
         return choices[0] if choices else None
     if typ == "COMBO":
-        choices = _combo_choices(spec)
+        choices = combo_choices(spec)
         return choices[0] if choices else None
     return {"INT": 0, "FLOAT": 0, "BOOLEAN": False, "STRING": ""}.get(typ)
 
@@ -462,7 +466,7 @@ def _lookup_input_spec(info: dict, name: str) -> Optional[Any]:
     parent_spec = _lookup_input_spec(info, parent)
     if parent_spec is None:
         return None
-    typ, opts = _spec_type(parent_spec), _spec_options(parent_spec)
+    typ, opts = spec_type(parent_spec), spec_options(parent_spec)
     if typ == DYNAMIC_COMBO:
         for option in opts.get("options") or []:
             found = _lookup_input_spec({"input": option.get("inputs") or {}}, rest)
@@ -477,9 +481,9 @@ def _lookup_input_spec(info: dict, name: str) -> Optional[Any]:
 
 
 def _input_type_for_link(spec: Any) -> str:
-    typ = _spec_type(spec)
+    typ = spec_type(spec)
     if typ == MATCHTYPE:
-        return str((_spec_options(spec).get("template") or {}).get("allowed_types") or "*")
+        return str((spec_options(spec).get("template") or {}).get("allowed_types") or "*")
     return typ
 
 
@@ -489,7 +493,7 @@ def _input_type_for_link(spec: Any) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class _WidgetSlot:
+class WidgetSlot:
     """One entry of a node's ``widgets_values`` list.
 
     ``kind`` is ``"value"`` (sent to the backend as input ``name``),
@@ -503,7 +507,7 @@ class _WidgetSlot:
 
 
 @dataclasses.dataclass(frozen=True)
-class _LayoutVariant:
+class LayoutVariant:
     """Frontend behaviours that changed between versions.
 
     ``combo_filter``: combos with control_after_generate also get a
@@ -522,7 +526,7 @@ class _LayoutVariant:
 
 #: Tried in this order; the first layout whose length matches wins.
 _VARIANTS = [
-    _LayoutVariant(cf, up, lf, rb)
+    LayoutVariant(cf, up, lf, rb)
     for lf in (False, True)
     for rb in (True, False)
     for cf in (True, False)
@@ -530,7 +534,7 @@ _VARIANTS = [
 ]
 
 
-def _has_control_widget(name: str, typ: str, opts: dict) -> bool:
+def has_control_widget(name: str, typ: str, opts: dict) -> bool:
     """Whether the frontend adds a control_after_generate widget after this one."""
     explicit = opts.get("control_after_generate")
     if typ == "INT":
@@ -542,75 +546,75 @@ def _has_control_widget(name: str, typ: str, opts: dict) -> bool:
     return False
 
 
-def _widget_layout(info: dict, node: dict, value_at: Callable[[int, str], Any],
-                   variant: _LayoutVariant) -> list[_WidgetSlot]:
+def widget_layout(info: dict, node: dict, value_at: Callable[[int, str], Any],
+                   variant: LayoutVariant) -> list[WidgetSlot]:
     """The list of widgets the frontend creates for ``node``, in order.
 
     ``value_at(position, name)`` returns the saved value of a widget (needed
     because a DynamicCombo's sub-widgets depend on the selected option).
     """
-    slots: list[_WidgetSlot] = []
+    slots: list[WidgetSlot] = []
     ui_input_names = [str(i.get("name")) for i in node.get("inputs") or [] if isinstance(i, dict)]
 
     def visit(inputs: list[tuple[str, Any, bool]], prefix: str) -> None:
         for raw_name, spec, _optional in inputs:
             name = prefix + raw_name
-            typ, opts = _spec_type(spec), _spec_options(spec)
+            typ, opts = spec_type(spec), spec_options(spec)
             if typ == AUTOGROW:
                 template = (opts.get("template") or {}).get("input") or {}
                 tspecs = [s for sec in ("required", "optional") for s in (template.get(sec) or {}).values()]
-                if len(tspecs) == 1 and _spec_type(tspecs[0]) in VALUE_WIDGET_TYPES:
+                if len(tspecs) == 1 and spec_type(tspecs[0]) in VALUE_WIDGET_TYPES:
                     for ui_name in ui_input_names:
                         if ui_name.startswith(name + "."):
-                            slots.append(_WidgetSlot(ui_name, "value", tspecs[0]))
+                            slots.append(WidgetSlot(ui_name, "value", tspecs[0]))
                 continue
             if typ == MATCHTYPE:
                 continue
             widget_type = str(opts.get("widgetType") or typ)
             if widget_type in UI_ONLY_WIDGET_TYPES:
-                slots.append(_WidgetSlot(name, "ui", spec))
+                slots.append(WidgetSlot(name, "ui", spec))
                 continue
             if widget_type not in VALUE_WIDGET_TYPES:
                 continue  # plain socket
             for _ in range(_LEADING_UI_WIDGETS.get(widget_type, 0)):
-                slots.append(_WidgetSlot(name, "ui"))
+                slots.append(WidgetSlot(name, "ui"))
             if opts.get("forceInput"):
                 if variant.legacy_force_input:
-                    slots.append(_WidgetSlot(name, "legacy", spec))
-                    if _has_control_widget(name, typ, opts):
-                        slots.append(_WidgetSlot(name, "control"))
+                    slots.append(WidgetSlot(name, "legacy", spec))
+                    if has_control_widget(name, typ, opts):
+                        slots.append(WidgetSlot(name, "control"))
                 continue
-            slots.append(_WidgetSlot(name, "value", spec))
+            slots.append(WidgetSlot(name, "value", spec))
             if typ == DYNAMIC_COMBO:
                 chosen = value_at(len(slots) - 1, name)
                 if chosen is None:
-                    chosen = _default_widget_value(spec)
+                    chosen = default_widget_value(spec)
                 for option in opts.get("options") or []:
                     if str(option.get("key")) == str(chosen):
-                        visit(_ordered_inputs(option.get("inputs") or {}), name + ".")
+                        visit(ordered_inputs(option.get("inputs") or {}), name + ".")
                         break
                 continue
             remote = opts.get("remote")
             if typ == "COMBO" and isinstance(remote, dict) and remote.get("refresh_button") \
                     and variant.refresh_button:
-                slots.append(_WidgetSlot(name, "ui"))
-            if _has_control_widget(name, typ, opts):
-                slots.append(_WidgetSlot(name, "control"))
+                slots.append(WidgetSlot(name, "ui"))
+            if has_control_widget(name, typ, opts):
+                slots.append(WidgetSlot(name, "control"))
                 if typ == "COMBO" and variant.combo_filter:
-                    slots.append(_WidgetSlot(name, "filter"))
+                    slots.append(WidgetSlot(name, "filter"))
 
     sections = info.get("input") or {}
-    ordered = _ordered_inputs(sections, info.get("input_order"))
+    ordered = ordered_inputs(sections, info.get("input_order"))
     visit(ordered, "")
 
     if variant.upload_widget:
         media = any(
-            _spec_type(spec) == "COMBO" and any(_spec_options(spec).get(k) for k in _MEDIA_UPLOAD_OPTIONS)
+            spec_type(spec) == "COMBO" and any(spec_options(spec).get(k) for k in _MEDIA_UPLOAD_OPTIONS)
             for _, spec, optional in ordered if not optional
         )
-        audio = bool(_spec_options((sections.get("required") or {}).get("audio")).get("audio_upload"))
+        audio = bool(spec_options((sections.get("required") or {}).get("audio")).get("audio_upload"))
         if (media or audio) and not any(s.name == "upload" for s in slots):
-            slots.append(_WidgetSlot("upload", "ui"))
+            slots.append(WidgetSlot("upload", "ui"))
     return slots
 
 
@@ -626,7 +630,7 @@ def _map_widget_values(node: dict, info: dict, exec_id: str, strict: bool) -> di
 
     if isinstance(saved, dict):
         # Some (mostly V3/custom) nodes save a name -> value mapping.
-        layout = _widget_layout(info, node, lambda _pos, name: saved.get(name), _LayoutVariant())
+        layout = widget_layout(info, node, lambda _pos, name: saved.get(name), LayoutVariant())
         out: dict[str, Any] = {}
         for slot in layout:
             if slot.kind != "value":
@@ -637,7 +641,7 @@ def _map_widget_values(node: dict, info: dict, exec_id: str, strict: bool) -> di
                 raise ValueError(f"node {_describe(node, exec_id)}: widgets_values has no entry "
                                  f"for widget {slot.name!r}")
             else:
-                out[slot.name] = _default_widget_value(slot.spec)
+                out[slot.name] = default_widget_value(slot.spec)
         return out
 
     values = list(saved or [])
@@ -645,9 +649,9 @@ def _map_widget_values(node: dict, info: dict, exec_id: str, strict: bool) -> di
     def value_at(pos: int, _name: str) -> Any:
         return values[pos] if pos < len(values) else None
 
-    layouts: list[list[_WidgetSlot]] = []
+    layouts: list[list[WidgetSlot]] = []
     for variant in _VARIANTS:
-        layout = _widget_layout(info, node, value_at, variant)
+        layout = widget_layout(info, node, value_at, variant)
         if layout not in layouts:
             layouts.append(layout)
     chosen = next((lay for lay in layouts if len(lay) == len(values)), None)
@@ -679,7 +683,7 @@ def _map_widget_values(node: dict, info: dict, exec_id: str, strict: bool) -> di
         if pos < len(values):
             value = values[pos]
         else:
-            value = _default_widget_value(slot.spec)
+            value = default_widget_value(slot.spec)
         out[slot.name] = value
     return out
 

@@ -1,0 +1,90 @@
+"""MoGA's options on the nodes: one table (nodes/options.py) over MogaConfig; stable ids; what the default view shows;
+every module of the pack imports inside ComfyUI."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+import pytest
+
+pytestmark = pytest.mark.host
+
+# saved workflows store widget values by position: these ids, in this order, must never change
+OPTION_IDS = ["combine", "windows_h", "windows_w", "temporal_group", "neighbor_frames", "frame_branch", "balanced",
+              "start_percent", "end_percent", "dense_blocks", "min_tokens", "backend"]
+
+
+@pytest.fixture(scope="module")
+def options(moga):
+    return import_module(f"{moga.name}.nodes.options")
+
+
+def schema_inputs(node_class) -> dict:
+    info = node_class.GET_NODE_INFO_V1()
+    return {**info["input"].get("required", {}), **info["input"].get("optional", {})}, info["input_order"]
+
+
+def test_option_ids_and_order_are_stable(moga):
+    for node_id in ("MoGAApply", "MoGALoadModel"):
+        _, order = schema_inputs(moga.NODES[node_id])
+        names = order["required"]
+        assert [n for n in names if n in OPTION_IDS] == OPTION_IDS, node_id
+
+
+def test_the_default_view_of_moga_apply_shows_what_a_user_decides(moga):
+    inputs, _ = schema_inputs(moga.NODES["MoGAApply"])
+    shown = {name for name, spec in inputs.items() if not (len(spec) > 1 and spec[1].get("advanced"))}
+    assert shown == {"model", "router", "combine", "start_percent", "end_percent", "dense_blocks", "shots"}
+
+
+def test_defaults_come_from_moga_config_and_patch_options(moga, options):
+    inputs, _ = schema_inputs(moga.NODES["MoGAApply"])
+    config = moga.core.MogaConfig()
+    assert (inputs["windows_h"][1]["default"], inputs["windows_w"][1]["default"]) == config.window
+    for name in ("temporal_group", "neighbor_frames", "frame_branch", "balanced", "backend"):
+        assert inputs[name][1]["default"] == getattr(config, name), name
+    patch = options.PatchOptions()
+    assert inputs["start_percent"][1]["default"] == patch.start_percent == 0.2
+    assert inputs["min_tokens"][1]["default"] == patch.min_tokens
+    assert inputs["combine"][1]["options"] == ["router default", *moga.core.config.COMBINE_MODES]
+    assert inputs["backend"][1]["options"] == list(moga.core.config.BACKENDS)
+
+
+def test_node_values_become_the_config(moga, options):
+    def moga_config_defaults(**fields):
+        return moga.core.MogaConfig(**fields)
+
+    values = {o.id: o.default_value() for o in options.OPTIONS}
+    patch = options.options_from_inputs(**values)
+    assert patch.moga_config(num_groups=3, router_combine="union") == moga_config_defaults(num_groups=3)
+    assert patch.moga_config(num_groups=3, router_combine="mean").combine == "mean"  # 'router default'
+    chosen = options.options_from_inputs(**dict(values, combine="union", windows_h=0, windows_w=0, balanced=True))
+    cfg = chosen.moga_config(num_groups=3, router_combine="mean")
+    assert (cfg.combine, cfg.window, cfg.balanced, cfg.num_groups) == ("union", None, True, 3)
+    with pytest.raises(ValueError, match="combine must be one of"):
+        options.options_from_inputs(**dict(values, combine="average"))
+    with pytest.raises(ValueError, match="unknown option"):
+        options.PatchOptions(num_groups=4)
+    with pytest.raises(ValueError, match="MogaConfig.temporal_group must be >= 1"):
+        options.PatchOptions(temporal_group=0)
+
+
+def test_calibration_seed_is_fixed_by_default(moga):
+    inputs, _ = schema_inputs(moga.NODES["MoGACalibrateRouter"])
+    assert inputs["seed"][1]["control_after_generate"] == "fixed"
+
+
+def test_every_module_of_the_pack_imports_inside_comfyui(moga):
+    """Each module on its own, as ComfyUI's loader sees the pack (the static cycle check: tests/core)."""
+    import pkgutil
+    import sys
+
+    pack = sys.modules[moga.name]
+    names = []
+    for sub in ("nodes", "moga_core"):
+        package = import_module(f"{moga.name}.{sub}")
+        names += [info.name for info in pkgutil.walk_packages(package.__path__, prefix=f"{package.__name__}.")]
+    assert f"{moga.name}.nodes.wiring" in names and f"{moga.name}.nodes.adapters.hunyuan" in names
+    for name in names:
+        assert import_module(name).__name__ == name
+    assert pack.comfy_entrypoint is not None
