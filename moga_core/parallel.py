@@ -1,0 +1,346 @@
+"""Ulysses sequence-parallel MoGA attention on ``torch.distributed`` (any backend: NCCL on GPUs, gloo on CPU).
+
+Every rank of a process group holds a contiguous shard of the attention sequence (all heads). One MoGA layer:
+
+1. routing is local: each rank routes its own tokens (the router needs the full hidden width, which only the
+   sequence shard has) and passes its tokens' group ids and gates — or its router logits — in;
+2. the router output is all-gathered (two numbers per token, or M logits per token for balanced routing): small,
+   never hidden states;
+3. one all-to-all per q, k, v turns the sequence shards into head shards: every rank then holds the *whole*
+   sequence for ``H / P`` heads;
+4. `moga_attention` runs on that head shard with the full `VideoLayout` and the gathered groups — every rank builds
+   the same packing, so the result is exactly the single-process result for those heads;
+5. one all-to-all turns the output back into sequence shards.
+
+Sharding of a sequence of ``N`` tokens into ``P`` shards (`shard_sizes`): contiguous ranges in rank order; the first
+``N mod P`` ranks hold ``ceil(N / P)`` tokens, the others ``floor(N / P)`` (``torch.tensor_split``'s rule). An engine
+that shards differently passes ``sizes`` (the token count of every rank, in rank order); ``sum(sizes)`` may exceed
+``N``, in which case the global positions ``N ..`` are padding (e.g. an engine that pads the sequence to a multiple of
+``P`` and chunks evenly): padding is dropped before attention, is never attended, and its output rows are zero.
+
+The all-to-alls use ``all_to_all_single`` with explicit split sizes, so uneven shards move no padding; they are
+differentiable (the backward pass is the reverse all-to-all), so the layer can be trained as well as sampled.
+Every rank must pass tensors of the same batch size, head count, head dim and dtype (as any Ulysses layer needs).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+
+from .attention import moga_attention
+from .config import MogaConfig, VideoLayout
+
+__all__ = [
+    "shard_sizes",
+    "shard_range",
+    "shard_sequence",
+    "unshard_sequence",
+    "gather_sequence",
+    "sequence_parallel_moga_attention",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sharding
+
+
+def shard_sizes(num_tokens: int, world_size: int) -> list[int]:
+    """Token count of every rank when ``num_tokens`` are split into ``world_size`` contiguous shards.
+
+    The first ``num_tokens % world_size`` ranks get ``ceil(num_tokens / world_size)``, the rest the floor (ranks
+    may get 0 tokens when ``num_tokens < world_size``).
+    """
+    for name, value, low in (("num_tokens", num_tokens, 0), ("world_size", world_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    base, extra = divmod(num_tokens, world_size)
+    return [base + (r < extra) for r in range(world_size)]
+
+
+def _check_sizes(sizes, world_size: int, num_tokens: int) -> list[int]:
+    try:
+        sizes = [int(s) for s in sizes]
+    except (TypeError, ValueError):
+        raise ValueError(f"sizes must be a sequence of per-rank token counts, got {sizes!r}") from None
+    if len(sizes) != world_size:
+        raise ValueError(f"sizes must give one token count per rank: expected {world_size} entries, got "
+                         f"{len(sizes)} ({sizes})")
+    if any(s < 0 for s in sizes):
+        raise ValueError(f"sizes must be non-negative token counts, got {sizes}")
+    if sum(sizes) < num_tokens:
+        raise ValueError(f"sizes {sizes} hold {sum(sizes)} tokens in all, fewer than the layout's {num_tokens}; "
+                         f"expected sum(sizes) >= {num_tokens} (positions beyond it are padding)")
+    return sizes
+
+
+def shard_range(num_tokens: int, world_size: int, rank: int, sizes: Sequence[int] | None = None) -> tuple[int, int]:
+    """``(start, end)`` (end exclusive) global positions of ``rank``'s shard; positions >= ``num_tokens`` are
+    padding (only possible with explicit ``sizes``)."""
+    sizes = shard_sizes(num_tokens, world_size) if sizes is None else _check_sizes(sizes, world_size, num_tokens)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    start = sum(sizes[:rank])
+    return start, start + sizes[rank]
+
+
+def shard_sequence(x: torch.Tensor, world_size: int, rank: int, dim: int = 1,
+                   sizes: Sequence[int] | None = None) -> torch.Tensor:
+    """``rank``'s shard of a full sequence: ``x`` (…, N, …) with the sequence along ``dim`` → (…, n_rank, …).
+
+    With ``sizes`` summing past N the missing tail positions are zero padding. Returns a view when no padding is
+    needed.
+    """
+    n = x.shape[dim]
+    start, end = shard_range(n, world_size, rank, sizes)
+    if end <= n:
+        return x.narrow(dim, start, end - start)
+    real = x.narrow(dim, min(start, n), max(0, n - start))
+    pad_shape = list(x.shape)
+    pad_shape[dim] = (end - start) - real.shape[dim]
+    return torch.cat([real, x.new_zeros(pad_shape)], dim=dim)
+
+
+def unshard_sequence(shards: Sequence[torch.Tensor], dim: int = 1, num_tokens: int | None = None) -> torch.Tensor:
+    """Inverse of `shard_sequence`: concatenate the shards of all ranks (rank order) along ``dim`` and drop the
+    padding beyond ``num_tokens`` (if given)."""
+    full = torch.cat(list(shards), dim=dim)
+    if num_tokens is not None:
+        if num_tokens > full.shape[dim]:
+            raise ValueError(f"num_tokens = {num_tokens} exceeds the {full.shape[dim]} tokens of the shards")
+        full = full.narrow(dim, 0, num_tokens)
+    return full
+
+
+def _group_info(process_group):
+    if not dist.is_available() or not dist.is_initialized():
+        raise ValueError("sequence-parallel MoGA needs an initialised torch.distributed process group "
+                         "(torch.distributed.init_process_group, torchrun, or the engine's own group)")
+    return dist.get_world_size(process_group), dist.get_rank(process_group)
+
+
+def _all_gather_padded(x: torch.Tensor, sizes: list[int], process_group, dim: int = 1) -> torch.Tensor:
+    """All-gather shards of unequal length along ``dim`` (padded to the longest on the wire) → (…, sum(sizes), …)."""
+    longest = max(max(sizes), 1)
+    local = x.shape[dim]
+    if local < longest:
+        pad_shape = list(x.shape)
+        pad_shape[dim] = longest - local
+        x = torch.cat([x, x.new_zeros(pad_shape)], dim=dim)
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in sizes]
+    dist.all_gather(parts, x, group=process_group)
+    return torch.cat([p.narrow(dim, 0, s) for p, s in zip(parts, sizes)], dim=dim)
+
+
+def gather_sequence(x: torch.Tensor, process_group=None, dim: int = 1, sizes: Sequence[int] | None = None,
+                    num_tokens: int | None = None) -> torch.Tensor:
+    """All-gather every rank's sequence shard → the full sequence on every rank (for callers and tests).
+
+    ``x``: this rank's shard (…, n_rank, …) along ``dim``. ``sizes``: every rank's token count (default: all-gathered
+    from the ranks). The result is (…, num_tokens or sum(sizes), …); padding beyond ``num_tokens`` is dropped.
+    Not differentiable.
+    """
+    world, _ = _group_info(process_group)
+    if sizes is None:
+        count = torch.tensor([x.shape[dim]], dtype=torch.int64, device=x.device)
+        counts = [torch.empty_like(count) for _ in range(world)]
+        dist.all_gather(counts, count, group=process_group)
+        sizes = [int(c) for c in counts]
+    else:
+        sizes = _check_sizes(sizes, world, 0)
+    full = _all_gather_padded(x, sizes, process_group, dim)
+    if num_tokens is not None:
+        full = full.narrow(dim, 0, num_tokens)
+    return full
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the collectives (differentiable where the router's gradient passes)
+
+
+class _GatherSeq(torch.autograd.Function):
+    """All-gather of (B, n_rank, …) shards along dim 1 → (B, sum(sizes), …); the gradient of a rank's shard is the
+    sum over ranks of their gradients at its positions (every rank uses the gathered tensor for its own heads)."""
+
+    @staticmethod
+    def forward(ctx, x, sizes, group, rank):
+        ctx.sizes, ctx.group, ctx.rank = sizes, group, rank
+        return _all_gather_padded(x, sizes, group)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        start = sum(ctx.sizes[:ctx.rank])
+        return grad.narrow(1, start, ctx.sizes[ctx.rank]), None, None, None
+
+
+class _AllToAll(torch.autograd.Function):
+    """Flat all-to-all with explicit split sizes (in elements); its gradient is the reverse all-to-all."""
+
+    @staticmethod
+    def forward(ctx, x, out_splits, in_splits, group):
+        ctx.splits = (out_splits, in_splits)
+        ctx.group = group
+        out = x.new_empty(sum(out_splits))
+        dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        out_splits, in_splits = ctx.splits
+        back = grad.new_empty(sum(in_splits))
+        dist.all_to_all_single(back, grad.contiguous(), in_splits, out_splits, group=ctx.group)
+        return back, None, None, None
+
+
+def _seq_to_heads(x: torch.Tensor, sizes: list[int], rank: int, group) -> torch.Tensor:
+    """(B, n_rank, H, D) sequence shard → (B, sum(sizes), H/P, D): every token, heads ``rank·H/P ..``."""
+    b, n_local, h, d = x.shape
+    world = len(sizes)
+    hp = h // world
+    # send chunk j = my tokens, heads of rank j: (P, B, n_local, hp, D)
+    send = x.reshape(b, n_local, world, hp, d).permute(2, 0, 1, 3, 4).reshape(-1)
+    per = b * hp * d
+    recv = _AllToAll.apply(send, [s * per for s in sizes], [n_local * per] * world, group)
+    # recv = [rank i: (B, n_i, hp, D)] in rank order
+    if b == 1:
+        return recv.view(1, sum(sizes), hp, d)
+    chunks = torch.split(recv, [s * per for s in sizes])
+    return torch.cat([c.view(b, s, hp, d) for c, s in zip(chunks, sizes)], dim=1)
+
+
+def _heads_to_seq(y: torch.Tensor, sizes: list[int], rank: int, group) -> torch.Tensor:
+    """(B, sum(sizes), H/P, D) head shard → (B, n_rank, H, D) sequence shard (inverse of `_seq_to_heads`)."""
+    b, _, hp, d = y.shape
+    world = len(sizes)
+    n_local = sizes[rank]
+    per = b * hp * d
+    if b == 1:
+        send = y.reshape(-1)
+    else:
+        send = torch.cat([c.reshape(-1) for c in torch.split(y, sizes, dim=1)])
+    recv = _AllToAll.apply(send, [n_local * per] * world, [s * per for s in sizes], group)
+    # recv: (P, B, n_local, hp, D), chunk j = my tokens, heads of rank j
+    return recv.view(world, b, n_local, hp, d).permute(1, 2, 0, 3, 4).reshape(b, n_local, world * hp, d)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the layer
+
+
+def _route_from_logits(logits: torch.Tensor):
+    """argmax routing, as `Router.route` does it: (…, M) float logits → (groups int64, gate = winning prob)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    groups = logits.argmax(dim=-1)
+    return groups, probs.gather(-1, groups.unsqueeze(-1)).squeeze(-1)
+
+
+def sequence_parallel_moga_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: VideoLayout, cfg: MogaConfig,
+    groups: torch.Tensor | None = None, gate: torch.Tensor | None = None, *,
+    logits: torch.Tensor | None = None, process_group=None, sizes: Sequence[int] | None = None,
+    scale: float | None = None, global_keep: torch.Tensor | None = None, stats: dict | None = None,
+) -> torch.Tensor:
+    """Ulysses MoGA attention over a sequence-sharded batch; collective: every rank of ``process_group`` calls it.
+
+    Args:
+        q, k, v: this rank's shard, (B, n_rank, H, D), all H heads; n_rank = ``sizes[rank]`` (default
+            `shard_sizes` ``(layout.num_tokens, P)``). H must be divisible by the group's world size P.
+        layout: the *global* sequence (prefix + T·H·W video + suffix tokens), identical on every rank.
+        cfg: `MogaConfig`, identical on every rank.
+        groups: (B, n_rank) int group ids of this rank's tokens (the router run on this shard); entries at
+            prefix/suffix/padding positions are ignored. May be None only when ``cfg.num_groups == 1``.
+        gate: (B, n_rank) float winning probabilities, or None (ungated group branch in ``"mean"`` mode).
+        logits: instead of groups/gate, the router logits (B, n_rank, M) float. Groups are the argmax and the gate
+            the winning softmax probability (as `Router.route`); with ``cfg.balanced`` the logits of all tokens are
+            gathered and every rank runs the same capacity-constrained assignment over the video tokens (as
+            ``Router.route(x_video, balanced=True)`` on one process).
+        process_group: a ``torch.distributed`` group (None = the default group): torchrun's world, an engine's
+            sequence-parallel group (e.g. xfuser's ``get_sp_group().device_group``), …
+        sizes: every rank's token count in rank order; may sum past ``layout.num_tokens`` (tail padding).
+        scale, global_keep, stats: as `moga_attention` (``global_keep`` is the full-layout table; ``stats``
+            describes this rank's heads).
+
+    Returns:
+        (B, n_rank, H, D) in q's dtype: this rank's shard of the MoGA output; rows at padding positions are zero.
+    """
+    world, rank = _group_info(process_group)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not torch.is_tensor(t) or t.dim() != 4:
+            raise ValueError(f"{name} must be this rank's shard (B, n_rank, H, D), got "
+                             f"{tuple(t.shape) if torch.is_tensor(t) else type(t).__name__}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"q, k, v must have the same shape (B, n_rank, H, D); got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if not isinstance(layout, VideoLayout):
+        raise ValueError(f"layout must be a VideoLayout, got {type(layout).__name__}")
+    if not isinstance(cfg, MogaConfig):
+        raise ValueError(f"cfg must be a MogaConfig, got {type(cfg).__name__}")
+    b, n_local, h, d = q.shape
+    if h % world:
+        raise ValueError(f"sequence-parallel MoGA splits the {h} attention heads over the {world} ranks of the "
+                         f"process group; {h} heads are not divisible by world size {world}")
+    n = layout.num_tokens
+    sizes = shard_sizes(n, world) if sizes is None else _check_sizes(sizes, world, n)
+    if n_local != sizes[rank]:
+        raise ValueError(f"rank {rank} holds {n_local} tokens but its shard of the {n}-token layout has "
+                         f"{sizes[rank]} (shard sizes {sizes}); expected q of shape ({b}, {sizes[rank]}, {h}, {d})")
+
+    # --- validate everything before the first collective (a rank that raised alone would hang the others) ---
+    def check_shard(t, name):
+        if not torch.is_tensor(t) or tuple(t.shape) != (b, n_local):
+            raise ValueError(f"{name} must be (B, n_rank) = ({b}, {n_local}) for this rank's tokens, got "
+                             f"{tuple(t.shape) if torch.is_tensor(t) else type(t).__name__}")
+
+    if logits is not None:
+        if groups is not None or gate is not None:
+            raise ValueError("pass either logits or groups/gate, not both")
+        if not torch.is_tensor(logits) or logits.dim() != 3 or tuple(logits.shape[:2]) != (b, n_local) \
+                or logits.shape[2] != cfg.num_groups:
+            raise ValueError(f"logits must be (B, n_rank, M) = ({b}, {n_local}, {cfg.num_groups}), got "
+                             f"{tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__}")
+        if not logits.is_floating_point():
+            raise ValueError(f"logits must be floating point, got {logits.dtype}")
+    else:
+        if groups is None and gate is not None:
+            raise ValueError("gate was given without groups; pass both (or logits)")
+        if groups is not None:
+            check_shard(groups, "groups")
+            if groups.is_floating_point() or groups.dtype == torch.bool:
+                raise ValueError(f"groups must be an integer tensor of group ids, got dtype {groups.dtype}")
+        if gate is not None:
+            check_shard(gate, "gate")
+            if not gate.is_floating_point():
+                raise ValueError(f"gate must be floating point (the router's winning probability), got {gate.dtype}")
+
+    # --- router output of the whole sequence (small; differentiable in the gate / logits) ---
+    full_groups = full_gate = None
+    if logits is not None and cfg.balanced:
+        from .router import balanced_assignment
+
+        full_logits = _GatherSeq.apply(logits.float(), sizes, process_group, rank).narrow(1, 0, n)
+        video = full_logits[:, layout.prefix:layout.prefix + layout.num_video_tokens]
+        full_groups = balanced_assignment(video.detach())
+        full_gate = torch.softmax(video, dim=-1).gather(-1, full_groups.unsqueeze(-1)).squeeze(-1)
+    else:
+        if logits is not None:
+            groups, gate = _route_from_logits(logits)
+        if groups is not None:
+            full_groups = _all_gather_padded(groups.to(q.device, torch.int64), sizes, process_group).narrow(1, 0, n)
+        if gate is not None:
+            full_gate = _GatherSeq.apply(gate.to(q.device), sizes, process_group, rank).narrow(1, 0, n)
+
+    # --- sequence shards -> head shards, MoGA on the whole sequence, back ---
+    qh, kh, vh = (_seq_to_heads(t, sizes, rank, process_group) for t in (q, k, v))
+    if qh.shape[1] != n:
+        qh, kh, vh = (t.narrow(1, 0, n) for t in (qh, kh, vh))
+    out = moga_attention(qh, kh, vh, layout, cfg, groups=full_groups, gate=full_gate, scale=scale,
+                         global_keep=global_keep, stats=stats)
+    if sum(sizes) != n:
+        pad = out.new_zeros(b, sum(sizes) - n, out.shape[2], d)
+        out = torch.cat([out, pad], dim=1)
+    return _heads_to_seq(out, sizes, rank, process_group)
