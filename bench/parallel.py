@@ -43,8 +43,8 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from moga_core import MogaConfig, VideoLayout, moga_attention  # noqa: E402
-from moga_core.parallel import (_heads_to_seq, _seq_to_heads, sequence_parallel_moga_attention,  # noqa: E402
-                                shard_sequence, shard_sizes)
+from moga_core.parallel import (_heads_to_seq, _seq_to_heads, _sharding,  # noqa: E402
+                                sequence_parallel_moga_attention, shard_sequence, shard_sizes)
 from moga_core.synthetic import even_shots, grid_for_tokens  # noqa: E402
 
 SHAPES = {  # name: (dim, heads, ffn_dim, blocks)
@@ -228,11 +228,11 @@ def run_point(shape, tokens, args, dev, dtype, rank, world):
                     del full
                 del out, parts, padded
             # the all-to-alls alone (3 to heads, 1 back), same sizes
-            grp = None
+            plan = _sharding([(n, sizes)], world, dev)
 
             def a2a():
-                hq = [_seq_to_heads(t, sizes, rank, grp) for t in (ql, kl, vl)]
-                return _heads_to_seq(hq[0], sizes, rank, grp)
+                hq = [_seq_to_heads(t, plan, rank, None) for t in (ql, kl, vl)]
+                return _heads_to_seq(hq[0], plan, rank, None)
 
             a2a_ms, _ = median_ms(a2a, dev, args.repeats, 1, True)
             extra["a2a_ms"] = max(all_ranks(a2a_ms, dev))

@@ -17,9 +17,11 @@ Sharding of a sequence of ``N`` tokens into ``P`` shards (`shard_sizes`): contig
 that shards differently passes ``sizes`` (the token count of every rank, in rank order); ``sum(sizes)`` may exceed
 ``N``, in which case the global positions ``N ..`` are padding (e.g. an engine that pads the sequence to a multiple of
 ``P`` and chunks evenly): padding is dropped before attention, is never attended, and its output rows are zero.
+An engine that pads and shards parts of the sequence separately (raylight's HunyuanVideo double blocks: text and
+image) passes ``segments``: ``[(real_tokens, per-rank sizes), …]``, a rank holding its piece of every segment in turn.
 
-The all-to-alls use ``all_to_all_single`` with explicit split sizes, so uneven shards move no padding; they are
-differentiable (the backward pass is the reverse all-to-all), so the layer can be trained as well as sampled.
+The all-to-alls use ``all_to_all_single`` with explicit split sizes (uneven shards are sent as they are, never padded
+to equal chunks); they are differentiable (the backward pass is the reverse all-to-all), so the layer can be trained as well as sampled.
 Every rank must pass tensors of the same batch size, head count, head dim and dtype (as any Ulysses layer needs).
 """
 
@@ -37,6 +39,7 @@ __all__ = [
     "shard_sizes",
     "shard_range",
     "shard_sequence",
+    "shard_segments",
     "unshard_sequence",
     "gather_sequence",
     "sequence_parallel_moga_attention",
@@ -114,6 +117,87 @@ def unshard_sequence(shards: Sequence[torch.Tensor], dim: int = 1, num_tokens: i
     return full
 
 
+def _check_segments(segments, world_size: int, num_tokens: int) -> list[tuple[int, list[int]]]:
+    try:
+        segments = [(int(real), list(sizes)) for real, sizes in segments]
+    except (TypeError, ValueError):
+        raise ValueError(f"segments must be a sequence of (real_tokens, per-rank sizes) pairs, got {segments!r}") from None
+    if not segments:
+        raise ValueError("segments must name at least one (real_tokens, per-rank sizes) pair")
+    out = []
+    for i, (real, sizes) in enumerate(segments):
+        if real < 0:
+            raise ValueError(f"segment {i} has a negative token count {real}")
+        try:
+            out.append((real, _check_sizes(sizes, world_size, real)))
+        except ValueError as e:
+            raise ValueError(f"segment {i}: {e}") from None
+    total = sum(real for real, _ in out)
+    if total != num_tokens:
+        raise ValueError(f"segments hold {total} real tokens ({[real for real, _ in out]}) but the layout has "
+                         f"{num_tokens}; expected the real token counts to sum to layout.num_tokens")
+    return out
+
+
+def shard_segments(x: torch.Tensor, segments, rank: int, dim: int = 1) -> torch.Tensor:
+    """``rank``'s local tensor under segmented sharding: ``x`` (…, N, …) holds the real tokens of all segments in
+    order; every segment ``(real_tokens, sizes)`` is padded with zeros at its end to ``sum(sizes)`` and cut into
+    per-rank pieces; a rank holds its piece of segment 0, then of segment 1, …"""
+    segments = _check_segments(segments, len(segments[0][1]), x.shape[dim])
+    pieces, start = [], 0
+    for real, sizes in segments:
+        seg = x.narrow(dim, start, real)
+        pieces.append(shard_sequence(seg, len(sizes), rank, dim=dim, sizes=sizes))
+        start += real
+    return torch.cat(pieces, dim=dim)
+
+
+class _Sharding:
+    """How the ranks' local tokens map to the global sequence.
+
+    ``counts[r]``: tokens rank r holds. The rank-major concatenation of all local tensors has ``sum(counts)``
+    positions; ``perm`` (None = identity) lists, in global order, the positions of the ``N`` real tokens in it.
+    """
+
+    def __init__(self, segments: list[tuple[int, list[int]]], world: int, device):
+        self.counts = [sum(sizes[r] for _, sizes in segments) for r in range(world)]
+        self.total = sum(self.counts)
+        self.num_tokens = sum(real for real, _ in segments)
+        if len(segments) == 1 and self.total == self.num_tokens:
+            self.perm = None
+            return
+        rank_start = [sum(self.counts[:r]) for r in range(world)]
+        parts = []
+        for s, (real, sizes) in enumerate(segments):
+            seg = [torch.arange(sizes[r]) + rank_start[r] + sum(segments[t][1][r] for t in range(s))
+                   for r in range(world)]
+            parts.append(torch.cat(seg)[:real])
+        self.perm = torch.cat(parts).to(device)
+
+    def to_global(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, sum(counts), …) rank-major → (B, N, …) global order, padding dropped."""
+        return x if self.perm is None else x.index_select(1, self.perm)
+
+    def to_ranks(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, N, …) global order → (B, sum(counts), …) rank-major, zeros at padding positions."""
+        if self.perm is None:
+            return y
+        return y.new_zeros((y.shape[0], self.total) + tuple(y.shape[2:])).index_copy(1, self.perm, y)
+
+
+_SHARDING_CACHE: dict = {}
+
+
+def _sharding(segments, world, device) -> _Sharding:
+    key = (tuple((real, tuple(sizes)) for real, sizes in segments), world, str(device))
+    plan = _SHARDING_CACHE.get(key)
+    if plan is None:
+        if len(_SHARDING_CACHE) > 64:
+            _SHARDING_CACHE.clear()
+        plan = _SHARDING_CACHE[key] = _Sharding(segments, world, device)
+    return plan
+
+
 def _group_info(process_group):
     if not dist.is_available() or not dist.is_initialized():
         raise ValueError("sequence-parallel MoGA needs an initialised torch.distributed process group "
@@ -136,14 +220,20 @@ def _all_gather_padded(x: torch.Tensor, sizes: list[int], process_group, dim: in
 
 
 def gather_sequence(x: torch.Tensor, process_group=None, dim: int = 1, sizes: Sequence[int] | None = None,
-                    num_tokens: int | None = None) -> torch.Tensor:
+                    num_tokens: int | None = None, segments=None) -> torch.Tensor:
     """All-gather every rank's sequence shard → the full sequence on every rank (for callers and tests).
 
     ``x``: this rank's shard (…, n_rank, …) along ``dim``. ``sizes``: every rank's token count (default: all-gathered
-    from the ranks). The result is (…, num_tokens or sum(sizes), …); padding beyond ``num_tokens`` is dropped.
-    Not differentiable.
+    from the ranks). The result is (…, num_tokens or sum(sizes), …); padding beyond ``num_tokens`` is dropped. With
+    ``segments`` (see `sequence_parallel_moga_attention`) the result is the real tokens of all segments in global
+    order. Not differentiable.
     """
     world, _ = _group_info(process_group)
+    if segments is not None:
+        segments = _check_segments(segments, world, sum(int(real) for real, _ in segments))
+        plan = _sharding(segments, world, x.device)
+        full = _all_gather_padded(x.movedim(dim, 1), plan.counts, process_group)
+        return plan.to_global(full).movedim(1, dim)
     if sizes is None:
         count = torch.tensor([x.shape[dim]], dtype=torch.int64, device=x.device)
         counts = [torch.empty_like(count) for _ in range(world)]
@@ -197,9 +287,10 @@ class _AllToAll(torch.autograd.Function):
         return back, None, None, None
 
 
-def _seq_to_heads(x: torch.Tensor, sizes: list[int], rank: int, group) -> torch.Tensor:
-    """(B, n_rank, H, D) sequence shard → (B, sum(sizes), H/P, D): every token, heads ``rank·H/P ..``."""
+def _seq_to_heads(x: torch.Tensor, plan: _Sharding, rank: int, group) -> torch.Tensor:
+    """(B, n_rank, H, D) sequence shard → (B, N, H/P, D): every real token in global order, heads ``rank·H/P ..``."""
     b, n_local, h, d = x.shape
+    sizes = plan.counts
     world = len(sizes)
     hp = h // world
     # send chunk j = my tokens, heads of rank j: (P, B, n_local, hp, D)
@@ -208,14 +299,19 @@ def _seq_to_heads(x: torch.Tensor, sizes: list[int], rank: int, group) -> torch.
     recv = _AllToAll.apply(send, [s * per for s in sizes], [n_local * per] * world, group)
     # recv = [rank i: (B, n_i, hp, D)] in rank order
     if b == 1:
-        return recv.view(1, sum(sizes), hp, d)
-    chunks = torch.split(recv, [s * per for s in sizes])
-    return torch.cat([c.view(b, s, hp, d) for c, s in zip(chunks, sizes)], dim=1)
+        full = recv.view(1, plan.total, hp, d)
+    else:
+        chunks = torch.split(recv, [s * per for s in sizes])
+        full = torch.cat([c.view(b, s, hp, d) for c, s in zip(chunks, sizes)], dim=1)
+    return plan.to_global(full)
 
 
-def _heads_to_seq(y: torch.Tensor, sizes: list[int], rank: int, group) -> torch.Tensor:
-    """(B, sum(sizes), H/P, D) head shard → (B, n_rank, H, D) sequence shard (inverse of `_seq_to_heads`)."""
+def _heads_to_seq(y: torch.Tensor, plan: _Sharding, rank: int, group) -> torch.Tensor:
+    """(B, N, H/P, D) head shard in global order → (B, n_rank, H, D) sequence shard (inverse of `_seq_to_heads`;
+    padding positions get zeros)."""
+    y = plan.to_ranks(y)
     b, _, hp, d = y.shape
+    sizes = plan.counts
     world = len(sizes)
     n_local = sizes[rank]
     per = b * hp * d
@@ -243,7 +339,7 @@ def sequence_parallel_moga_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: VideoLayout, cfg: MogaConfig,
     groups: torch.Tensor | None = None, gate: torch.Tensor | None = None, *,
     logits: torch.Tensor | None = None, process_group=None, sizes: Sequence[int] | None = None,
-    scale: float | None = None, global_keep: torch.Tensor | None = None, stats: dict | None = None,
+    segments: Sequence[tuple[int, Sequence[int]]] | None = None, scale: float | None = None, global_keep: torch.Tensor | None = None, stats: dict | None = None,
 ) -> torch.Tensor:
     """Ulysses MoGA attention over a sequence-sharded batch; collective: every rank of ``process_group`` calls it.
 
@@ -262,6 +358,11 @@ def sequence_parallel_moga_attention(
         process_group: a ``torch.distributed`` group (None = the default group): torchrun's world, an engine's
             sequence-parallel group (e.g. xfuser's ``get_sp_group().device_group``), …
         sizes: every rank's token count in rank order; may sum past ``layout.num_tokens`` (tail padding).
+        segments: instead of ``sizes``, segmented sharding (e.g. raylight's HunyuanVideo double blocks, which pad and
+            shard text and image separately): ``[(real_tokens, per-rank sizes), …]``; the global sequence is the
+            real tokens of segment 0, then of segment 1, … (summing to ``layout.num_tokens``); each segment is
+            padded at its end to ``sum(sizes)`` and cut into per-rank pieces; a rank's q/k/v hold its piece of
+            segment 0, then of segment 1, … (`shard_segments` builds them from a full sequence).
         scale, global_keep, stats: as `moga_attention` (``global_keep`` is the full-layout table; ``stats``
             describes this rank's heads).
 
@@ -285,10 +386,17 @@ def sequence_parallel_moga_attention(
         raise ValueError(f"sequence-parallel MoGA splits the {h} attention heads over the {world} ranks of the "
                          f"process group; {h} heads are not divisible by world size {world}")
     n = layout.num_tokens
-    sizes = shard_sizes(n, world) if sizes is None else _check_sizes(sizes, world, n)
-    if n_local != sizes[rank]:
+    if segments is not None:
+        if sizes is not None:
+            raise ValueError("pass either sizes or segments, not both")
+        segments = _check_segments(segments, world, n)
+    else:
+        segments = [(n, shard_sizes(n, world) if sizes is None else _check_sizes(sizes, world, n))]
+    plan = _sharding(segments, world, q.device)
+    if n_local != plan.counts[rank]:
         raise ValueError(f"rank {rank} holds {n_local} tokens but its shard of the {n}-token layout has "
-                         f"{sizes[rank]} (shard sizes {sizes}); expected q of shape ({b}, {sizes[rank]}, {h}, {d})")
+                         f"{plan.counts[rank]} (tokens per rank {plan.counts}); expected q of shape "
+                         f"({b}, {plan.counts[rank]}, {h}, {d})")
 
     # --- validate everything before the first collective (a rank that raised alone would hang the others) ---
     def check_shard(t, name):
@@ -318,11 +426,16 @@ def sequence_parallel_moga_attention(
                 raise ValueError(f"gate must be floating point (the router's winning probability), got {gate.dtype}")
 
     # --- router output of the whole sequence (small; differentiable in the gate / logits) ---
+    def gather(t, differentiable):
+        full = _GatherSeq.apply(t, plan.counts, process_group, rank) if differentiable else \
+            _all_gather_padded(t, plan.counts, process_group)
+        return plan.to_global(full)
+
     full_groups = full_gate = None
     if logits is not None and cfg.balanced:
         from .router import balanced_assignment
 
-        full_logits = _GatherSeq.apply(logits.float(), sizes, process_group, rank).narrow(1, 0, n)
+        full_logits = gather(logits.float(), True)
         video = full_logits[:, layout.prefix:layout.prefix + layout.num_video_tokens]
         full_groups = balanced_assignment(video.detach())
         full_gate = torch.softmax(video, dim=-1).gather(-1, full_groups.unsqueeze(-1)).squeeze(-1)
@@ -330,17 +443,12 @@ def sequence_parallel_moga_attention(
         if logits is not None:
             groups, gate = _route_from_logits(logits)
         if groups is not None:
-            full_groups = _all_gather_padded(groups.to(q.device, torch.int64), sizes, process_group).narrow(1, 0, n)
+            full_groups = gather(groups.to(q.device, torch.int64), False)
         if gate is not None:
-            full_gate = _GatherSeq.apply(gate.to(q.device), sizes, process_group, rank).narrow(1, 0, n)
+            full_gate = gather(gate.to(q.device), True)
 
     # --- sequence shards -> head shards, MoGA on the whole sequence, back ---
-    qh, kh, vh = (_seq_to_heads(t, sizes, rank, process_group) for t in (q, k, v))
-    if qh.shape[1] != n:
-        qh, kh, vh = (t.narrow(1, 0, n) for t in (qh, kh, vh))
+    qh, kh, vh = (_seq_to_heads(t, plan, rank, process_group) for t in (q, k, v))
     out = moga_attention(qh, kh, vh, layout, cfg, groups=full_groups, gate=full_gate, scale=scale,
                          global_keep=global_keep, stats=stats)
-    if sum(sizes) != n:
-        pad = out.new_zeros(b, sum(sizes) - n, out.shape[2], d)
-        out = torch.cat([out, pad], dim=1)
-    return _heads_to_seq(out, sizes, rank, process_group)
+    return _heads_to_seq(out, plan, rank, process_group)

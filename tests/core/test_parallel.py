@@ -19,8 +19,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from moga_core import MogaConfig, VideoLayout, moga_attention
-from moga_core.parallel import (gather_sequence, sequence_parallel_moga_attention, shard_range, shard_sequence,
-                                shard_sizes, unshard_sequence)
+from moga_core.parallel import (gather_sequence, sequence_parallel_moga_attention, shard_range, shard_segments,
+                                shard_sequence, shard_sizes, unshard_sequence)
 from moga_core.router import balanced_assignment
 
 WORLD_SIZES = (2, 3)
@@ -29,7 +29,9 @@ WORLD_SIZES = (2, 3)
 #  frame_branch, mode, global_keep)
 #  mode: "groups" (ids + gate), "nogate" (ids, gate None), "logits" (router logits, argmax), "balanced" (logits,
 #  capacity-constrained routing over all tokens), "padded" (engine-style even chunks with tail padding),
-#  "grad" (ids + gate, gradients of q, k, v and gate compared too)
+#  "segments" (text and the rest padded and sharded separately, as raylight's HunyuanVideo double blocks),
+#  "segments3" (three segments, uneven sizes, a rank holding none of one), "grad" / "segments-grad" (gradients of
+#  q, k, v and gate compared too)
 CASES = [
     ("odd-1shot-M1-mean", 1, 1, 16, (5, 3, 5), (0,), 0, 0, 1, "mean", (2, 2), 2, 1, True, "groups", None),
     ("odd-1shot-M1-union", 1, 2, 16, (5, 3, 5), (0,), 0, 0, 1, "union", (2, 2), 2, 1, True, "nogate", None),
@@ -49,6 +51,12 @@ CASES = [
     ("balanced-M2-union", 2, 1, 16, (5, 4, 4), (0, 2), 2, 0, 2, "union", (2, 2), 2, 1, True, "balanced", None),
     ("padded-M5-mean", 1, 1, 16, (7, 5, 6), (0, 3, 5), 1, 0, 5, "mean", (2, 2), 2, 1, True, "padded", None),
     ("padded-M2-union-B2", 2, 2, 16, (5, 3, 5), (0, 2), 0, 2, 2, "union", (2, 2), 2, 1, True, "padded", "flat"),
+    ("segments-text-M5-mean", 1, 1, 16, (5, 4, 4), (0, 3), 5, 0, 5, "mean", (2, 2), 2, 1, True, "segments", "flat"),
+    ("segments-text-M2-union-B2", 2, 2, 16, (5, 3, 5), (0, 2), 7, 1, 2, "union", (2, 2), 2, 1, True, "segments",
+     None),
+    ("segments3-M5-union", 1, 1, 16, (6, 3, 4), (0, 2, 4), 2, 2, 5, "union", (1, 2), 2, 1, True, "segments3", None),
+    ("segments-grad-M5-mean", 1, 1, 16, (4, 4, 5), (0, 2), 3, 0, 5, "mean", (2, 2), 2, 1, True, "segments-grad",
+     None),
     ("grad-M5-mean", 1, 1, 16, (4, 4, 5), (0, 2), 2, 1, 5, "mean", (2, 2), 2, 1, True, "grad", None),
     ("grad-M2-union-B2", 2, 1, 16, (4, 4, 5), (0, 2), 0, 1, 2, "union", (2, 2), 2, 1, True, "grad", None),
 ]
@@ -93,15 +101,27 @@ def single_process(case, world):
         gate = torch.softmax(video, -1).gather(-1, groups[..., None])[..., 0]
     if mode == "nogate":
         gate = None
-    if mode == "grad":
+    if mode.endswith("grad"):
         q, k, v, gate = (t.clone().requires_grad_(True) for t in (q, k, v, gate))
     out = moga_attention(q, k, v, layout, cfg, groups=groups, gate=gate, global_keep=keep)
     grads = None
-    if mode == "grad":
+    if mode.endswith("grad"):
         weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
         (out * weight).sum().backward()
         grads = [t.grad for t in (q, k, v, gate)]
     return out.detach(), grads
+
+
+def case_segments(layout, mode, world):
+    """The segmented sharding of a "segments…" case: [(real_tokens, per-rank sizes), …]."""
+    n, p = layout.num_tokens, layout.prefix
+    ceil = lambda a: -(-a // world)  # noqa: E731
+    if mode == "segments3":
+        a, b = p + layout.num_video_tokens // 2, layout.num_video_tokens - layout.num_video_tokens // 2
+        c = n - a - b
+        return [(a, shard_sizes(a, world)), (b, [ceil(b) + 1] * world), (c, [0] + shard_sizes(c, world - 1))]
+    # raylight's HunyuanVideo double blocks: text and image each padded to a multiple of P and chunked
+    return [(p, [ceil(p)] * world), (n - p, [ceil(n - p)] * world)]
 
 
 def run_case_on_rank(case, rank, world):
@@ -109,33 +129,45 @@ def run_case_on_rank(case, rank, world):
     layout, cfg, q, k, v, logits, groups, gate, keep = build_case(case, world)
     mode = case[14]
     n = layout.num_tokens
-    sizes = None
+    sizes = segments = None
     if mode == "padded":  # an engine that pads to a multiple of P and chunks evenly
         chunk = -(-(n + 1) // world)  # at least one padding token
         sizes = [chunk] * world
-    shard = (lambda t: shard_sequence(t, world, rank, dim=1, sizes=sizes).contiguous())
+    if mode.startswith("segments"):
+        segments = case_segments(layout, mode, world)
+        shard = (lambda t: shard_segments(t, segments, rank, dim=1).contiguous())
+    else:
+        shard = (lambda t: shard_sequence(t, world, rank, dim=1, sizes=sizes).contiguous())
     ql, kl, vl = (shard(t) for t in (q, k, v))
-    kwargs = dict(layout=layout, cfg=cfg, sizes=sizes, global_keep=keep)
+    kwargs = dict(layout=layout, cfg=cfg, global_keep=keep)
+    if segments is not None:
+        kwargs["segments"] = segments
+    else:
+        kwargs["sizes"] = sizes
     if mode in ("logits", "balanced"):
         kwargs["logits"] = shard(logits)
     else:
         kwargs["groups"] = shard(groups)
         kwargs["gate"] = None if mode == "nogate" else shard(gate)
-    if mode == "grad":
+    grad = mode.endswith("grad")
+    if grad:
         ql, kl, vl = (t.requires_grad_(True) for t in (ql, kl, vl))
         kwargs["gate"] = kwargs["gate"].requires_grad_(True)
     out_local = sequence_parallel_moga_attention(ql, kl, vl, **kwargs)
-    if sizes is not None:  # padding rows come back as zeros
-        start, end = shard_range(n, world, rank, sizes)
-        if end > n:
-            assert torch.equal(out_local[:, max(0, n - start):], torch.zeros_like(out_local[:, max(0, n - start):]))
-    out = gather_sequence(out_local.detach(), sizes=sizes if sizes else shard_sizes(n, world), num_tokens=n)
+
+    def gather(t):
+        if segments is not None:
+            return gather_sequence(t, segments=segments)
+        return gather_sequence(t, sizes=sizes if sizes else shard_sizes(n, world), num_tokens=n)
+
+    out = gather(out_local.detach())
+    if sizes is not None or segments is not None:  # padding rows come back as exact zeros
+        assert torch.equal(out_local.detach(), shard(out)), "padding rows must be zero, real rows in place"
     grads = None
-    if mode == "grad":
+    if grad:
         weight = torch.randn((q.shape[0], n) + tuple(q.shape[2:]), generator=torch.Generator().manual_seed(7))
         (out_local * shard(weight)).sum().backward()
-        grads = [None if t.grad is None else gather_sequence(t.grad, num_tokens=n)
-                 for t in (ql, kl, vl, kwargs["gate"])]
+        grads = [None if t.grad is None else gather(t.grad) for t in (ql, kl, vl, kwargs["gate"])]
     return out, grads
 
 
@@ -250,6 +282,18 @@ def test_shard_and_unshard_round_trip_with_padding():
     padded = [shard_sequence(x, 3, r, sizes=[4, 4, 4]) for r in range(3)]
     assert padded[2].shape == (2, 4, 3) and torch.equal(padded[2][:, 3], torch.zeros(2, 3, dtype=x.dtype))
     assert torch.equal(unshard_sequence(padded, num_tokens=11), x)
+
+
+def test_shard_segments_pads_each_segment_and_keeps_rank_order():
+    x = torch.arange(10).view(1, 10)
+    segments = [(3, [2, 2]), (7, [4, 4])]  # text 3 -> 4, image 7 -> 8
+    r0, r1 = (shard_segments(x, segments, r) for r in range(2))
+    assert r0.tolist() == [[0, 1, 3, 4, 5, 6]]
+    assert r1.tolist() == [[2, 0, 7, 8, 9, 0]]
+    with pytest.raises(ValueError, match="segments hold 9 real tokens"):
+        shard_segments(x, [(3, [2, 2]), (6, [4, 4])], 0)
+    with pytest.raises(ValueError, match="segment 1: sizes .* fewer than the layout's 7"):
+        shard_segments(x, [(3, [2, 2]), (7, [3, 3])], 0)
 
 
 def test_needs_an_initialised_process_group():
