@@ -6,10 +6,11 @@
 For every (shape, tokens) point:
 
 - ``layer 1 GPU``: `moga_attention` on the whole sequence on rank 0 (the other ranks wait) — what one GPU runs;
+  random q/k/v and uniformly random group ids / gates (no router: groups of about N/M tokens each);
 - ``layer N GPU``: `sequence_parallel_moga_attention` over all ranks (q/k/v sequence-sharded, group ids/gates
   gathered, all-to-all to heads, MoGA, all-to-all back); ``a2a`` = the four all-to-alls alone;
 - ``block 1/N GPU``: a STAND-IN block with random weights (not Wan's code): LayerNorm → qkv projection → RMSNorm on
-  q, k → router logits (linear C→M on the normed input, argmax, gate) → MoGA self-attention (sequence-parallel on N
+  q, k; `Router` (linear C→M on the normed input, argmax, gate) → MoGA self-attention (sequence-parallel on N
   GPUs) → out projection → residual; LayerNorm → cross-attention to 512 text tokens (sequence-local) → residual;
   LayerNorm → FFN (GELU-tanh) → residual. No timestep modulation, no RoPE. ``--blocks`` blocks are timed and the
   full forward is extrapolated as per-block time × the model's block count (labelled ``extrapolated``).
@@ -42,7 +43,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from moga_core import MogaConfig, VideoLayout, moga_attention  # noqa: E402
+from moga_core import MogaConfig, Router, VideoLayout, moga_attention  # noqa: E402
 from moga_core.parallel import (_heads_to_seq, _seq_to_heads, _sharding,  # noqa: E402
                                 sequence_parallel_moga_attention, shard_sequence, shard_sizes)
 from moga_core.synthetic import even_shots, grid_for_tokens  # noqa: E402
@@ -126,19 +127,21 @@ class StandInBlock(torch.nn.Module):
         self.qkv, self.o = lin(dim, 3 * dim), lin(dim, dim)
         self.cq, self.ckv, self.co = lin(dim, dim), lin(dim, 2 * dim), lin(dim, dim)
         self.f1, self.f2 = lin(dim, ffn), lin(ffn, dim)
-        self.router_w = (torch.randn(groups, dim, generator=gen) * dim ** -0.5).to(dev, torch.float32)
-        self.router_b = torch.zeros(groups, device=dev)
+        self.router = Router.from_weights(torch.randn(groups, dim, generator=gen) * dim ** -0.5,
+                                          torch.zeros(groups)).to(dev)
 
     def forward(self, x, context, attn):
         b, n, c = x.shape
         h, d = self.heads, c // self.heads
         y = F.layer_norm(x, (c,))
-        q, k, v = F.linear(y, self.qkv).split(c, dim=-1)
-        q, k = F.rms_norm(q, (c,)), F.rms_norm(k, (c,))
-        logits = F.linear(y.float(), self.router_w, self.router_b)
-        groups = logits.argmax(-1)
-        gate = torch.softmax(logits, -1).gather(-1, groups[..., None])[..., 0]
+        groups, gate = self.router(y)  # the router reads the self-attention input (float32 logits, in chunks)
+        qkv = F.linear(y, self.qkv)
+        del y
+        q, k, v = qkv.split(c, dim=-1)
+        q, k, v = F.rms_norm(q, (c,)), F.rms_norm(k, (c,)), v.contiguous()
+        del qkv
         a = attn(q.view(b, n, h, d), k.view(b, n, h, d), v.view(b, n, h, d), groups, gate.to(x.dtype))
+        del q, k, v
         x = x + F.linear(a.reshape(b, n, c), self.o)
         y = F.layer_norm(x, (c,))
         cq = F.linear(y, self.cq).view(b, n, h, d).transpose(1, 2)

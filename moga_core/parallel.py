@@ -21,7 +21,8 @@ An engine that pads and shards parts of the sequence separately (raylight's Huny
 image) passes ``segments``: ``[(real_tokens, per-rank sizes), …]``, a rank holding its piece of every segment in turn.
 
 The all-to-alls use ``all_to_all_single`` with explicit split sizes (uneven shards are sent as they are, never padded
-to equal chunks); they are differentiable (the backward pass is the reverse all-to-all), so the layer can be trained as well as sampled.
+to equal chunks); they are differentiable (the backward pass is the reverse all-to-all), so the layer can be trained
+as well as sampled.
 Every rank must pass tensors of the same batch size, head count, head dim and dtype (as any Ulysses layer needs).
 """
 
@@ -74,8 +75,8 @@ def _check_sizes(sizes, world_size: int, num_tokens: int) -> list[int]:
     if any(s < 0 for s in sizes):
         raise ValueError(f"sizes must be non-negative token counts, got {sizes}")
     if sum(sizes) < num_tokens:
-        raise ValueError(f"sizes {sizes} hold {sum(sizes)} tokens in all, fewer than the layout's {num_tokens}; "
-                         f"expected sum(sizes) >= {num_tokens} (positions beyond it are padding)")
+        raise ValueError(f"sizes {sizes} hold {sum(sizes)} tokens in all, fewer than the {num_tokens} real tokens; "
+                         f"expected sum(sizes) >= {num_tokens} (positions beyond them are padding)")
     return sizes
 
 
@@ -121,7 +122,8 @@ def _check_segments(segments, world_size: int, num_tokens: int) -> list[tuple[in
     try:
         segments = [(int(real), list(sizes)) for real, sizes in segments]
     except (TypeError, ValueError):
-        raise ValueError(f"segments must be a sequence of (real_tokens, per-rank sizes) pairs, got {segments!r}") from None
+        raise ValueError(f"segments must be a sequence of (real_tokens, per-rank sizes) pairs, "
+                         f"got {segments!r}") from None
     if not segments:
         raise ValueError("segments must name at least one (real_tokens, per-rank sizes) pair")
     out = []
@@ -156,15 +158,17 @@ class _Sharding:
     """How the ranks' local tokens map to the global sequence.
 
     ``counts[r]``: tokens rank r holds. The rank-major concatenation of all local tensors has ``sum(counts)``
-    positions; ``perm`` (None = identity) lists, in global order, the positions of the ``N`` real tokens in it.
+    positions; the ``N`` real tokens are its first ``N`` (one segment: padding only at the end) or, with several
+    segments, those at ``perm`` (their positions in it, in global order).
     """
 
     def __init__(self, segments: list[tuple[int, list[int]]], world: int, device):
         self.counts = [sum(sizes[r] for _, sizes in segments) for r in range(world)]
         self.total = sum(self.counts)
         self.num_tokens = sum(real for real, _ in segments)
-        if len(segments) == 1 and self.total == self.num_tokens:
-            self.perm = None
+        self.perm = None
+        self.tail_only = len(segments) == 1  # one segment: padding only at the end, a slice drops it
+        if self.tail_only:
             return
         rank_start = [sum(self.counts[:r]) for r in range(world)]
         parts = []
@@ -176,12 +180,17 @@ class _Sharding:
 
     def to_global(self, x: torch.Tensor) -> torch.Tensor:
         """(B, sum(counts), …) rank-major → (B, N, …) global order, padding dropped."""
-        return x if self.perm is None else x.index_select(1, self.perm)
+        if self.tail_only:
+            return x if self.total == self.num_tokens else x.narrow(1, 0, self.num_tokens)
+        return x.index_select(1, self.perm)
 
     def to_ranks(self, y: torch.Tensor) -> torch.Tensor:
         """(B, N, …) global order → (B, sum(counts), …) rank-major, zeros at padding positions."""
-        if self.perm is None:
-            return y
+        if self.tail_only:
+            if self.total == self.num_tokens:
+                return y
+            pad = y.new_zeros((y.shape[0], self.total - self.num_tokens) + tuple(y.shape[2:]))
+            return torch.cat([y, pad], dim=1)
         return y.new_zeros((y.shape[0], self.total) + tuple(y.shape[2:])).index_copy(1, self.perm, y)
 
 
@@ -339,7 +348,8 @@ def sequence_parallel_moga_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: VideoLayout, cfg: MogaConfig,
     groups: torch.Tensor | None = None, gate: torch.Tensor | None = None, *,
     logits: torch.Tensor | None = None, process_group=None, sizes: Sequence[int] | None = None,
-    segments: Sequence[tuple[int, Sequence[int]]] | None = None, scale: float | None = None, global_keep: torch.Tensor | None = None, stats: dict | None = None,
+    segments: Sequence[tuple[int, Sequence[int]]] | None = None, scale: float | None = None,
+    global_keep: torch.Tensor | None = None, stats: dict | None = None,
 ) -> torch.Tensor:
     """Ulysses MoGA attention over a sequence-sharded batch; collective: every rank of ``process_group`` calls it.
 
@@ -416,6 +426,9 @@ def sequence_parallel_moga_attention(
     else:
         if groups is None and gate is not None:
             raise ValueError("gate was given without groups; pass both (or logits)")
+        if groups is None and cfg.num_groups != 1:
+            raise ValueError(f"groups (B, n_rank) or logits (B, n_rank, M) are required when num_groups = "
+                             f"{cfg.num_groups} > 1")
         if groups is not None:
             check_shard(groups, "groups")
             if groups.is_floating_point() or groups.dtype == torch.bool:

@@ -61,6 +61,7 @@ CASES = [
     ("grad-M2-union-B2", 2, 1, 16, (4, 4, 5), (0, 2), 0, 1, 2, "union", (2, 2), 2, 1, True, "grad", None),
 ]
 CASE_IDS = [c[0] for c in CASES]
+SUBGROUP_CASE = next(c for c in CASES if c[0] == "4shots-pre-suf-M5-union-noframe")
 
 
 def rel_err(out, ref):
@@ -124,8 +125,9 @@ def case_segments(layout, mode, world):
     return [(p, [ceil(p)] * world), (n - p, [ceil(n - p)] * world)]
 
 
-def run_case_on_rank(case, rank, world):
-    """This rank's part of a case; returns (full output, grads) gathered on every rank."""
+def run_case_on_rank(case, rank, world, group=None):
+    """This rank's part of a case (``rank``/``world`` within ``group``); returns (full output, grads) gathered on
+    every rank of the group."""
     layout, cfg, q, k, v, logits, groups, gate, keep = build_case(case, world)
     mode = case[14]
     n = layout.num_tokens
@@ -139,7 +141,7 @@ def run_case_on_rank(case, rank, world):
     else:
         shard = (lambda t: shard_sequence(t, world, rank, dim=1, sizes=sizes).contiguous())
     ql, kl, vl = (shard(t) for t in (q, k, v))
-    kwargs = dict(layout=layout, cfg=cfg, global_keep=keep)
+    kwargs = dict(layout=layout, cfg=cfg, global_keep=keep, process_group=group)
     if segments is not None:
         kwargs["segments"] = segments
     else:
@@ -157,8 +159,8 @@ def run_case_on_rank(case, rank, world):
 
     def gather(t):
         if segments is not None:
-            return gather_sequence(t, segments=segments)
-        return gather_sequence(t, sizes=sizes if sizes else shard_sizes(n, world), num_tokens=n)
+            return gather_sequence(t, process_group=group, segments=segments)
+        return gather_sequence(t, process_group=group, sizes=sizes if sizes else shard_sizes(n, world), num_tokens=n)
 
     out = gather(out_local.detach())
     if sizes is not None or segments is not None:  # padding rows come back as exact zeros
@@ -201,11 +203,19 @@ def _worker(rank, world, port, path):
             results["length"] = ("no error", None, None)
         except ValueError as e:
             results["length"] = ("ValueError", str(e), None)
+        if world == 3:  # a subgroup, as an engine's sequence-parallel group: global ranks 1 and 2 (group ranks 0, 1)
+            sub = dist.new_group([1, 2])
+            if rank in (1, 2):
+                try:
+                    out, _ = run_case_on_rank(SUBGROUP_CASE, dist.get_rank(sub), 2, group=sub)
+                    results["subgroup"] = ("ok", out, None)
+                except Exception:
+                    results["subgroup"] = ("error", traceback.format_exc(), None)
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    if rank == 0:
-        torch.save(results, path)
+    if rank == 0 or "subgroup" in results:
+        torch.save(results, f"{path}.{rank}")
 
 
 def _free_port() -> int:
@@ -222,7 +232,9 @@ def parallel_results():
         for world in WORLD_SIZES:
             path = os.path.join(tmp, f"world{world}.pt")
             mp.spawn(_worker, args=(world, _free_port(), path), nprocs=world, join=True)
-            results[world] = torch.load(path, weights_only=False)
+            results[world] = torch.load(f"{path}.0", weights_only=False)
+            if world == 3:
+                results["subgroup"] = [torch.load(f"{path}.{r}", weights_only=False)["subgroup"] for r in (1, 2)]
     return results
 
 
@@ -243,6 +255,14 @@ def test_parallel_equals_single_process(parallel_results, case, world):
                 continue
             assert g.shape == rg.shape, name
             assert rel_err(g, rg) <= 1e-5, name
+
+
+def test_a_subgroup_as_process_group(parallel_results):
+    """Ranks 1 and 2 of a 3-process world run a case over their own group (shards ordered by group rank)."""
+    ref, _ = single_process(SUBGROUP_CASE, 2)
+    for status, out, _ in parallel_results["subgroup"]:
+        assert status == "ok", out
+        assert rel_err(out, ref) <= 1e-5
 
 
 @pytest.mark.parametrize("world", WORLD_SIZES)
@@ -269,7 +289,7 @@ def test_shard_sizes_first_ranks_get_the_ceiling():
         shard_sizes(10, 0)
     with pytest.raises(ValueError, match=r"expected 3 entries, got 2"):
         shard_range(10, 3, 0, sizes=[5, 5])
-    with pytest.raises(ValueError, match=r"fewer than the layout's 10"):
+    with pytest.raises(ValueError, match=r"fewer than the 10 real tokens"):
         shard_range(10, 2, 0, sizes=[4, 4])
 
 
@@ -292,7 +312,7 @@ def test_shard_segments_pads_each_segment_and_keeps_rank_order():
     assert r1.tolist() == [[2, 0, 7, 8, 9, 0]]
     with pytest.raises(ValueError, match="segments hold 9 real tokens"):
         shard_segments(x, [(3, [2, 2]), (6, [4, 4])], 0)
-    with pytest.raises(ValueError, match="segment 1: sizes .* fewer than the layout's 7"):
+    with pytest.raises(ValueError, match="segment 1: sizes .* fewer than the 7 real tokens"):
         shard_segments(x, [(3, [2, 2]), (7, [3, 3])], 0)
 
 
