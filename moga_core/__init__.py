@@ -8,6 +8,7 @@ Never imports ComfyUI: diffusers users and researchers can call it on tensors.
 from .attention import dense_attention, moga_attention, reference_attention
 from .config import MogaConfig, VideoLayout
 from .distill import distill_routers
+from .parallel import sequence_parallel_moga_attention
 from .router import Router, balance_loss, balanced_assignment, kmeans
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "balanced_assignment",
     "kmeans",
     "distill_routers",
+    "sequence_parallel_moga_attention",
 ]
 __version__ = "0.1.0"
