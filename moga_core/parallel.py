@@ -4,7 +4,7 @@ Every rank of a process group holds a contiguous shard of the attention sequence
 
 1. routing is local: each rank routes its own tokens (the router needs the full hidden width, which only the
    sequence shard has) and passes its tokens' group ids and gates — or its router logits — in;
-2. the router output is all-gathered (two numbers per token, or M logits per token for balanced routing): small,
+2. the router output is all-gathered (two numbers per token, or M logits per token for capacity-bounded routing): small,
    never hidden states;
 3. one all-to-all per q, k, v turns the sequence shards into head shards: every rank then holds the *whole*
    sequence for ``H / P`` heads;
@@ -362,9 +362,9 @@ def sequence_parallel_moga_attention(
             prefix/suffix/padding positions are ignored. May be None only when ``cfg.num_groups == 1``.
         gate: (B, n_rank) float winning probabilities, or None (ungated group branch in ``"mean"`` mode).
         logits: instead of groups/gate, the router logits (B, n_rank, M) float. Groups are the argmax and the gate
-            the winning softmax probability (as `Router.route`); with ``cfg.balanced`` the logits of all tokens are
+            the winning softmax probability (as `Router.route`); with ``cfg.capacity`` the logits of all tokens are
             gathered and every rank runs the same capacity-constrained assignment over the video tokens (as
-            ``Router.route(x_video, balanced=True)`` on one process).
+            ``Router.route(x_video, capacity=cfg.capacity)`` on one process).
         process_group: a ``torch.distributed`` group (None = the default group): torchrun's world, an engine's
             sequence-parallel group (e.g. xfuser's ``get_sp_group().device_group``), …
         sizes: every rank's token count in rank order; may sum past ``layout.num_tokens`` (tail padding).
@@ -445,12 +445,12 @@ def sequence_parallel_moga_attention(
         return plan.to_global(full)
 
     full_groups = full_gate = None
-    if logits is not None and cfg.balanced:
-        from .router import balanced_assignment
+    if logits is not None and cfg.capacity is not None:
+        from .router import capacity_assignment
 
         full_logits = gather(logits.float(), True)
         video = full_logits[:, layout.prefix:layout.prefix + layout.num_video_tokens]
-        full_groups = balanced_assignment(video.detach())
+        full_groups = capacity_assignment(video.detach(), cfg.capacity)
         full_gate = torch.softmax(video, dim=-1).gather(-1, full_groups.unsqueeze(-1)).squeeze(-1)
     else:
         if logits is not None:
