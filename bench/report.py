@@ -98,7 +98,69 @@ def e2e_table(rows) -> list[str]:
     return lines
 
 
+def card(name: str) -> str:
+    return name.replace("NVIDIA ", "")
+
+
+def union_kernel_tables(runs) -> list[str]:
+    """The layer table of bench/union_kernel.py: dense cuDNN vs MoGA on the block kernel and the varlen paths."""
+    out = []
+    for run in runs:
+        out += [f"Card: {card(run['device'])}, torch {run['torch']}, Triton {run.get('triton')}, kernel options "
+                f"{run.get('kernel_options') or 'FlexAttention defaults'}.", ""]
+        sweep = run.get("kernel_options_sweep")
+        if sweep:
+            out += [f"Kernel options, one union plan at N={sweep['tokens']:,}, M={sweep['groups']}, capacity "
+                    f"{sweep['capacity']} (kernel only):", "",
+                    "| card | kernel_options | kernel ms | max diff vs default |", "|---|---|---|---|"]
+            for r in sweep["rows"]:
+                out.append(f"| {card(run['device'])} | `{r['options'] or 'defaults'}` | {fmt(r.get('ms'), '.1f')} | "
+                           f"{fmt(r.get('max_diff_vs_default'), '.1e') or r.get('error', '')} |")
+            out.append("")
+        out += ["| card | N | M | capacity | combine | backend | median ms | speedup vs cuDNN dense | density | "
+                "computed / N² | largest group | err vs dense | exactness (fp32 loop, head 1) | peak GiB extra | "
+                "first call ms |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for p in run["points"]:
+            out.append(f"| {card(run['device'])} | {p['tokens']:,} | {p['groups']} | — | dense | cuDNN SDPA | "
+                       f"{p['dense_ms']:.1f} | 1.00x | 1.000 | 1.000 | | | | {p['dense_peak_gib']:.2f} | |")
+            for r in p["rows"]:
+                cap = "none" if r["capacity"] is None else f"{r['capacity']:g}"
+                out.append(f"| {card(run['device'])} | {p['tokens']:,} | {p['groups']} | {cap} | {r['combine']} | "
+                           f"{r['backend']} | {r['ms']:.1f} | **{r['speedup']:.2f}x** | {r['density']:.3f} | "
+                           f"{r['work_density']:.3f} | {100 * r['largest_group']:.0f}% | {r['err_vs_dense']:.3f} | "
+                           f"{fmt(r.get('check'), '.1e') or '—'} | {r['peak_gib']:.2f} | {fmt(r.get('cold_ms'), '.0f')} |")
+        out.append("")
+        costs = [(p["tokens"], p["block_costs"]) for p in run["points"] if "block_costs" in p]
+        if costs:
+            out += ["Time per 128×128 block pair relative to cuDNN dense attention's (the constants of "
+                    "`moga_core.blocksparse.relative_cost`):", "",
+                    "| card | N | full block | partial block (mask evaluated) | FlexAttention dense / cuDNN rate |",
+                    "|---|---|---|---|---|"]
+            for tokens, c in costs:
+                out.append(f"| {card(run['device'])} | {tokens:,} | {c['full_block_cost']:.2f} | "
+                           f"{c['partial_block_cost']:.2f} | {c['flex_dense_vs_cudnn']:.2f} |")
+            out.append("")
+    return out
+
+
+def union_step_table(rows) -> list[str]:
+    out = ["| card | model | tokens (frames) | M | routers | capacity | dense s/step | dense peak GiB | MoGA first "
+           "call s | MoGA s/step | MoGA peak GiB | speedup | largest group | density | 30 steps, default warm-up "
+           "(6 dense) | 30 steps dense |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {card(r['device'])} | {r['model']} | {r['tokens']:,} ({r['frames']}) | {r['groups']} | "
+                   f"{r['routers']} | {r['capacity']} | {fmt(r.get('dense_step_s'), '.2f') or 'not run'} | "
+                   f"{fmt(r.get('dense_peak_gib'), '.1f')} | {fmt(r.get('moga_cold_s'), '.2f')} | "
+                   f"{fmt(r.get('moga_step_s'), '.2f')} | {fmt(r.get('moga_peak_gib'), '.1f')} | "
+                   f"{fmt(r.get('speedup'), '.2f') + 'x' if r.get('speedup') else ''} | "
+                   f"{100 * r['largest_group']:.0f}% | {r['density']:.3f} | "
+                   f"{fmt(r.get('projected_30_steps_s'), '.0f')} s | {fmt(r.get('projected_30_steps_dense_s'), '.0f')} s |")
+    return out
+
+
 def main():
+    kernel_runs = load("*_union_kernel.json")
+    union_steps = load("*_union_step.json")
     attention = load("*_attention.json") + load("*_bench75600.json")
     e2e = load("*_e2e*.json")
     notes_path = os.path.join(ROOT, "bench", "NOTES.md")
@@ -120,11 +182,45 @@ def main():
         "python bench/report.py",
         "```",
         "",
-        "## Targets",
+        "## Fast by default: the block kernel and bounded groups (H200)",
+        "",
+        "Default options on stock weights: `combine=\"union\"`, k-means routers (unequal groups), local branches "
+        "on, `capacity` 1.25, `backend=\"auto\"` (the block kernel, `moga_core.blocksparse`, on CUDA with Triton). "
+        "Regenerate with:",
+        "",
+        "```",
+        "python bench/union_kernel.py --sweep-kernel-options --out bench/results/<card>_union_kernel.json",
+        "COMFYUI_PATH=/path/to/ComfyUI python bench/e2e.py --out bench/results/<card>_union_step.json \\",
+        "    --cases 1.3b:187200,1.3b:580320,14b:187200 --routers calibrated,skewed",
+        "```",
+        "",
+        "### One step of a Wan-shaped model (cond + uncond) through MoGALongVideoSampler",
+        "",
+        "Random weights, ComfyUI's own `WanModel`, bf16, B = 2, 480p frames, node defaults except start_percent 0 "
+        "for the timed step. Routers: *calibrated* = the pack's calibration (MoGACalibrateRouter's k-means on the "
+        "model's router inputs of a 33-frame dense pass); *skewed* = random linear routers. 'first call' includes "
+        "compiling the kernel for this length. Dense and MoGA of a row come from the same run.",
+        "",
+        *union_step_table(union_steps),
+        "",
+        "### The attention layer",
+        "",
+        "Synthetic structured tokens (`moga_core.synthetic`, 3 shots), H = 12, D = 128, bf16, one sample, k-means "
+        "routers (`Router.fit`), local branches on. Each MoGA time is the whole layer: routing with the capacity "
+        "bound, the block plan (or the varlen packing), attention, unpacking. 'density' = the key sets' scores / N²; "
+        "'computed' = the scores the kernel actually computes (whole 128×128 blocks on `flex`, every "
+        "inclusion–exclusion piece on `varlen`). 'peak GiB extra' = the layer's peak allocation above its inputs.",
+        "",
+        *union_kernel_tables(kernel_runs),
+        "## Earlier measurements (H100)",
+        "",
+        "Before the block kernel and bounded groups; `auto` then meant the varlen paths.",
+        "",
+        "### Targets of the first release",
         "",
         *target_lines(attention),
         "",
-        "## End to end: one denoising step through MoGALongVideoSampler",
+        "### End to end: one denoising step through MoGALongVideoSampler",
         "",
         "Random-weight ComfyUI `WanModel` with the Wan 2.1 1.3B shapes (dim 1536, 30 blocks, 12 heads), bf16, "
         "cond + uncond batched (B = 2), 480p latent frames (30 x 52 tokens), FFN chunking on (auto), MoGA combine "
@@ -136,7 +232,7 @@ def main():
         "",
         *e2e_table(e2e),
         "",
-        "## Attention layer",
+        "### Attention layer",
         "",
         "Synthetic structured video tokens (`moga_core.synthetic`: recurring objects across 3 shots), q/k/v bf16, "
         "head dim 128, 480p-shaped frames where the token count allows. 'MoGA …' rows time the whole layer: router "

@@ -66,9 +66,10 @@ def block_costs(layout, q, k, v, plan, dense_ms, repeats):
     cuDNN's time per block pair."""
     fa = _flex_module()
     b, n, h, d = q.shape
-    qs = q.reshape(b * n, h, d)[plan.q_rows].transpose(1, 2)
-    ks = k.reshape(b * n, h, d)[plan.kv_rows].transpose(1, 2)
-    vs = v.reshape(b * n, h, d)[plan.kv_rows].transpose(1, 2)
+    batch = torch.arange(b, device=q.device)[:, None]
+    qs = q[batch, plan.q_pos].transpose(1, 2)
+    ks = k[batch, plan.kv_pos].transpose(1, 2)
+    vs = v[batch, plan.kv_pos].transpose(1, 2)
     nv, lk = plan.seq_lengths
     nq, nk = plan.kv_num_blocks.shape[-1], plan.kv_indices.shape[-1]
 
@@ -123,9 +124,10 @@ def sweep_kernel_options(tokens, groups, heads, head_dim, capacity, repeats):
     g, _ = router(x, capacity=capacity)
     plan = build_block_plan(layout, MogaConfig(num_groups=groups, combine="union"), g, "union")
     b, n, h, d = q.shape
-    qs = q.reshape(b * n, h, d)[plan.q_rows].transpose(1, 2)
-    ks = k.reshape(b * n, h, d)[plan.kv_rows].transpose(1, 2)
-    vs = v.reshape(b * n, h, d)[plan.kv_rows].transpose(1, 2)
+    batch = torch.arange(b, device=q.device)[:, None]
+    qs = q[batch, plan.q_pos].transpose(1, 2)
+    ks = k[batch, plan.kv_pos].transpose(1, 2)
+    vs = v[batch, plan.kv_pos].transpose(1, 2)
     ref = run_flex(qs, ks, vs, plan.block_mask, d ** -0.5, {}).float()
     rows = []
     for opts in KERNEL_CANDIDATES:

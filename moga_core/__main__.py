@@ -9,7 +9,7 @@ import torch
 
 def info() -> int:
     from . import __version__
-    from .backends import available_backends, choose_backend, cudnn_varlen_works
+    from .backends import available_backends, choose_backend, cudnn_varlen_works, flex_available
 
     print(f"moga_core {__version__}")
     print(f"torch {torch.__version__}")
@@ -30,7 +30,13 @@ def info() -> int:
         print(f"  {name:13s} {'yes' if ok else 'no'}{note}")
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
-    print(f"auto picks on {device.type}/{str(dtype).replace('torch.', '')}: "
+    if flex_available(device):
+        print("auto picks on cuda/bfloat16: flex (the block-sparse FlexAttention kernel) for the router-dependent "
+              "keys of both combines; the varlen paths below for mean mode's static window and frame branches")
+    else:
+        why = "no CUDA device" if not cuda else "no Triton or no FlexAttention in this torch"
+        print(f"flex (the block-sparse kernel) is not available here ({why}); auto uses the varlen paths:")
+    print(f"varlen on {device.type}/{str(dtype).replace('torch.', '')}: "
           f"{choose_backend('auto', device, dtype, False, False, 8192, 8)} for router groups (sizes change every "
           f"call), {choose_backend('auto', device, dtype, False, False, 4096, 48, stable=True)} for long static "
           f"windows, {choose_backend('auto', device, dtype, False, False, 300, 2000, stable=True)} for many short "

@@ -32,11 +32,13 @@ COLUMNS = """output columns:
   variant           dense SDPA (the kernel named), or MoGA in a mode: mean / union = how branches combine,
                     +local = with the spatio-temporal window and per-frame branches, balanced = equal-size groups
   median ms         median wall time of one attention layer call (routing and packing included for MoGA)
-  eff. TFLOP/s      dense-equivalent FLOPs actually computed (4·H·D·N²·density) per second; n/a on CPU, where
+  eff. TFLOP/s      FLOPs of the scores actually computed (4·H·D·N²·computed) per second; n/a on CPU, where
                     these float32 timings only check that the code runs, not how fast a GPU kernel is
-  density           query-key scores MoGA computes, as a share of dense attention's N² (dense = 1.000); a key
-                    that two branches both see is counted by each, so small videos with large windows can exceed 1
-                    (MoGA then costs more than dense: it pays off on long videos)
+  density           size of MoGA's key sets, as a share of dense attention's N² (dense = 1.000); in mean mode a
+                    key that two branches both see is counted by each, so small videos with large windows can
+                    exceed 1 (MoGA then costs more than dense: it pays off on long videos)
+  computed          scores the kernels actually compute / N²: whole 128x128 blocks on the block kernel (flex),
+                    every inclusion-exclusion piece of union mode on the varlen paths
   speedup vs dense  the best dense kernel's time / this row's time
   err vs dense      ||MoGA - dense|| / ||dense||: how far the sparse result is from full attention on these tokens
   check             max|fast - float32 loop| / max|loop| on the same groups: 0 to rounding means the fast path
@@ -147,7 +149,8 @@ def run_bench(tokens: int = 32760, heads: int = 12, head_dim: int = 128, groups:
         ms = time_call(layer, dev, repeats)
         out = layer()
         row = {"variant": f"MoGA {mode} (M={groups})", "ms": ms, "density": stats["density"],
-               "tflops": stats["density"] * flops_dense / ms / 1e9, "speedup": best_dense / ms,
+               "computed": stats["work_density"], "backend": stats["backend"],
+               "tflops": stats["work_density"] * flops_dense / ms / 1e9, "speedup": best_dense / ms,
                "group_sizes": stats["group_sizes"][0].tolist(), "peak_gib": _peak_gib(dev)}
         # what the sparsity costs: compare with dense attention (for mean mode, against the same ungated mix
         # would be apples to oranges; we report against dense attention, which is what the model was trained on)
@@ -178,11 +181,12 @@ def format_table(result: dict) -> str:
     head = (f"{result['device']} · torch {result['torch']} · N={result['tokens']} grid={tuple(result['grid'])} "
             f"shots={len(result['shots'])} · H={result['heads']} D={result['head_dim']} · {result['dtype']}")
     on_gpu = result["device"] != "cpu"
-    lines = [head, "", "| variant | median ms | eff. TFLOP/s | density | speedup vs dense | err vs dense | check |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [head, "", "| variant | median ms | eff. TFLOP/s | density | computed | speedup vs dense | err vs dense "
+             "| check |", "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append("| {} | {:.2f} | {} | {:.3f} | {} | {} | {} |".format(
-            r["variant"], r["ms"], f"{r['tflops']:.0f}" if on_gpu else "n/a", r["density"],
+        lines.append("| {} | {:.2f} | {} | {:.3f} | {:.3f} | {} | {} | {} |".format(
+            r["variant"] + (f" [{r['backend']}]" if "backend" in r else ""), r["ms"],
+            f"{r['tflops']:.0f}" if on_gpu else "n/a", r["density"], r.get("computed", r["density"]),
             f"{r['speedup']:.2f}x" if "speedup" in r else "1.00x" if r["ms"] else "",
             f"{r['err_vs_dense']:.3f}" if "err_vs_dense" in r else "",
             f"{r['check']:.1e}" if "check" in r else ""))

@@ -168,14 +168,14 @@ def _build_local_ids(layout: VideoLayout, cfg: MogaConfig, device) -> LocalIds:
 class BlockPlan:
     """What one FlexAttention call needs, for ``B`` samples.
 
-    ``q_rows`` (B, Nv) int64: flat rows of (B·N) tokens, the video queries in sorted order; ``kv_rows``
+    ``q_pos`` (B, Nv) int64: token positions (within a sample) of the video queries in sorted order; ``kv_pos``
     (B, Nv + Ng): the sorted video keys, then the global tokens; ``inverse`` (B, Nv): position in sorted order of each
     video token; ``block_mask``: FlexAttention's BlockMask; ``partial_blocks`` / ``full_blocks`` (B,) int64 on the
     device: block pairs computed with and without the mask; ``seq_lengths`` (Nv, Nv + Ng).
     """
 
-    q_rows: torch.Tensor
-    kv_rows: torch.Tensor
+    q_pos: torch.Tensor
+    kv_pos: torch.Tensor
     inverse: torch.Tensor
     block_mask: object
     partial_blocks: torch.Tensor
@@ -349,11 +349,10 @@ def build_block_plan(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor,
     block_mask = fa.BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK,
                                              mask_mod=mask_mod, seq_lengths=(nv, nv + ng), **kwargs)
 
-    b_rows = torch.arange(b, device=device)[:, None] * n
-    q_rows = b_rows + p + order
-    glob_rows = torch.cat([torch.arange(p, device=device), torch.arange(p + nv, n, device=device)])
-    kv_rows = torch.cat([q_rows, (b_rows + glob_rows[None, :]).expand(b, ng)], 1)
-    return BlockPlan(q_rows, kv_rows, inverse, block_mask, kv_num.sum((1, 2)).long(), full_num.sum((1, 2)).long(),
+    q_pos = p + order
+    glob_pos = torch.cat([torch.arange(p, device=device), torch.arange(p + nv, n, device=device)])
+    kv_pos = torch.cat([q_pos, glob_pos[None, :].expand(b, ng)], 1)
+    return BlockPlan(q_pos, kv_pos, inverse, block_mask, kv_num.sum((1, 2)).long(), full_num.sum((1, 2)).long(),
                      (nv, nv + ng), mask_mod, kv_num, kv_idx, full_num, full_idx)
 
 
@@ -362,10 +361,11 @@ def build_block_plan(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor,
 
 
 # Time of one 128×128 block pair relative to dense attention's time per block pair (cuDNN on the same GPU). Measured
-# on one H200 (torch 2.11, bf16, D = 128, bench/blocks.py): full blocks run at about 0.77 of cuDNN's dense rate,
-# partial blocks (the mask evaluated per score) slower. The layer goes dense when the estimate reaches 1.
-FULL_BLOCK_COST = 1.3
-PARTIAL_BLOCK_COST = 2.0
+# on one H200 (torch 2.11, Triton 3.6, bf16, D = 128, TMA loads; bench/union_kernel.py, docs/PERFORMANCE.md): full
+# blocks 1.25 (187,200 tokens) and 1.15 (580,320); partial blocks, whose mask is evaluated per score, 2.09 and 1.97.
+# The layer goes dense when the estimate reaches 1.
+FULL_BLOCK_COST = 1.25
+PARTIAL_BLOCK_COST = 2.1
 
 
 def relative_cost(partial_blocks: int, full_blocks: int, batch: int, q_len: int, kv_len: int) -> float:
@@ -424,22 +424,48 @@ def key_set_pairs(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor,
 # running it
 
 
+# Largest gathered copy of q, k or v (bytes) the kernel call takes at once: heads run in chunks below it, so the
+# sorted copies add a few hundred MB instead of 5× the size of q (at 580,320 tokens, B = 2, 12 heads of 128: 3.6 GB
+# each for all heads at once).
+HEAD_CHUNK_BYTES = 1 << 30
+
+
+def heads_per_chunk(batch: int, kv_len: int, heads: int, head_dim: int, itemsize: int,
+                    budget: int | None = None) -> int:
+    """The largest divisor of ``heads`` whose sorted k/v copy stays within ``budget`` bytes (at least 1): equal
+    chunks, so one compiled kernel serves them all."""
+    budget = HEAD_CHUNK_BYTES if budget is None else budget
+    per_head = batch * kv_len * head_dim * itemsize
+    fits = max(1, budget // max(per_head, 1))
+    return max(c for c in range(1, heads + 1) if heads % c == 0 and c <= fits)
+
+
 def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan, scale: float,
-                    compiled: bool = True) -> torch.Tensor:
-    """The video queries' attention under ``plan``: q, k, v (B, N, H, D) → (B, Nv, H, D) in token order.
+                    compiled: bool = True, chunk_bytes: int | None = None) -> torch.Tensor:
+    """The video queries' attention under ``plan``: q, k, v (B, N, H, D) (any strides) → (B, Nv, H, D) in token
+    order. Heads run in chunks (`heads_per_chunk`).
 
     ``compiled=False`` runs FlexAttention eagerly (a dense math path that evaluates the mask everywhere and ignores
     the block lists: for small CPU checks of the mask only).
     """
     b, n, h, d = q.shape
-    flat = lambda t: t.reshape(b * n, h, d)
-    qs = flat(q)[plan.q_rows]  # (B, Nv, H, D) in sorted order
-    ks = flat(k)[plan.kv_rows]
-    vs = flat(v)[plan.kv_rows]
-    args = (qs.transpose(1, 2), ks.transpose(1, 2), vs.transpose(1, 2), plan.block_mask, scale)
-    out = run_flex(*args) if compiled else _flex_module().flex_attention(*args[:3], block_mask=args[3], scale=scale)
-    out = out.transpose(1, 2)  # (B, Nv, H, D), sorted order
-    return out.gather(1, plan.inverse[:, :, None, None].expand(b, -1, h, d))
+    nv, lk = plan.seq_lengths
+    batch = torch.arange(b, device=q.device)[:, None]
+    out = q.new_empty(b, nv, h, d)
+    step = heads_per_chunk(b, lk, h, d, q.element_size(), chunk_bytes)
+    for h0 in range(0, h, step):
+        heads = slice(h0, h0 + step)
+        qs = q[:, :, heads][batch, plan.q_pos]  # (B, Nv, hc, D), sorted order
+        ks = k[:, :, heads][batch, plan.kv_pos]
+        vs = v[:, :, heads][batch, plan.kv_pos]
+        args = (qs.transpose(1, 2), ks.transpose(1, 2), vs.transpose(1, 2))
+        if compiled:
+            o = run_flex(*args, plan.block_mask, scale)
+        else:
+            o = _flex_module().flex_attention(*args, block_mask=plan.block_mask, scale=scale)
+        out[:, :, heads] = o.transpose(1, 2)[batch, plan.inverse]
+        del qs, ks, vs, o
+    return out
 
 
 def emulate_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: BlockPlan,
@@ -449,8 +475,8 @@ def emulate_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
     Returns (B, Nv, H, D) in token order, float64."""
     b, n, h, d = q.shape
     nv, lk_real = plan.seq_lengths
-    flat = lambda t: t.reshape(b * n, h, d).double()
-    qs, ks, vs = flat(q)[plan.q_rows], flat(k)[plan.kv_rows], flat(v)[plan.kv_rows]
+    batch = torch.arange(b, device=q.device)[:, None]
+    qs, ks, vs = q.double()[batch, plan.q_pos], k.double()[batch, plan.kv_pos], v.double()[batch, plan.kv_pos]
     out = torch.zeros(b, nv, h, d, dtype=torch.float64, device=q.device)
     nq_blocks = plan.kv_num_blocks.shape[-1]
     for bi in range(b):

@@ -44,7 +44,7 @@ class PatchOptions:
     """
 
     def __init__(self, start_percent: float = 0.2, end_percent: float = 1.0, dense_blocks: str = "",
-                 min_tokens: int = 16384, **config: Any):
+                 min_tokens: int = 16384, dense_if_slower: bool = True, **config: Any):
         # start_percent 0.2: a dense warm-up keeps the composition of stock models; min_tokens 16384: shorter
         # sequences stay dense, MoGA pays off on long videos
         unknown = sorted(set(config) - _ATTENTION_FIELDS)
@@ -56,6 +56,8 @@ class PatchOptions:
         self.end_percent = float(end_percent)
         self.dense_blocks = dense_blocks
         self.min_tokens = int(min_tokens)
+        # a layer whose groups are too unequal for the sparse kernel to beat dense attention runs densely (union)
+        self.dense_if_slower = bool(dense_if_slower)
         if not (0.0 <= self.start_percent <= 1.0 and 0.0 <= self.end_percent <= 1.0) or \
                 self.end_percent < self.start_percent:
             raise ValueError(f"end_percent ({end_percent}) must not be below start_percent ({start_percent}), and "
@@ -64,7 +66,8 @@ class PatchOptions:
 
     def __repr__(self) -> str:
         return (f"PatchOptions(start_percent={self.start_percent}, end_percent={self.end_percent}, "
-                f"dense_blocks={self.dense_blocks!r}, min_tokens={self.min_tokens}, config={self.config})")
+                f"dense_blocks={self.dense_blocks!r}, min_tokens={self.min_tokens}, "
+                f"dense_if_slower={self.dense_if_slower}, config={self.config})")
 
     def moga_config(self, num_groups: int, router_combine: str) -> MogaConfig:
         """The attention config for routers of ``num_groups`` groups whose file says ``router_combine``."""
@@ -151,6 +154,9 @@ OPTIONS: list[Option] = [
            tooltip="No group takes more than capacity x (tokens / groups) tokens; a token over the bound goes to "
                    "its best group with room. Keeps a router that does not fit the video (one group for most "
                    "tokens) from making MoGA slower than dense. 1 = equal groups; 0 = no bound."),
+    Option("dense_if_slower", io.Boolean, field="dense_if_slower", advanced=True,
+           tooltip="Union mode: a layer whose groups are so unequal that MoGA would not beat dense attention runs "
+                   "densely instead (the run's summary counts it). Off = always sparse (for studies)."),
 ]
 
 

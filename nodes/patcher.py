@@ -360,7 +360,8 @@ class MogaPatch(BlockPatch):
         gate = route.gate if self.cfg.combine == "mean" else None
         call = {}
         out = moga_attention(q4, k4, v4, layout, self.cfg, route.groups, gate, scale=kwargs.get("scale"),
-                             global_keep=global_keep, stats=call, dense_fallback=True)
+                             global_keep=global_keep, stats=call,
+                             dense_fallback=self.options.dense_if_slower)
         sizes = call["group_sizes"].double()
         largest = float((sizes.max(1).values / sizes.sum(1)).mean())
         with self._lock:

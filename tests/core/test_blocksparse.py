@@ -9,7 +9,8 @@ import torch
 
 from moga_core import MogaConfig, VideoLayout, moga_attention, reference_attention
 from moga_core.attention import branch_masks
-from moga_core.blocksparse import BLOCK, block_attention, build_block_plan, emulate_block_attention, key_set_pairs
+from moga_core.blocksparse import (BLOCK, block_attention, build_block_plan, emulate_block_attention, heads_per_chunk,
+                                   key_set_pairs)
 from moga_core.router import capacity_assignment
 
 from test_attention import make_inputs, rel_err
@@ -123,7 +124,9 @@ def test_what_the_kernel_computes_equals_the_reference(case, mode, capacity):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             eager = block_attention(q, k, v, plan, 16 ** -0.5, compiled=False)
+            one_head_at_a_time = block_attention(q, k, v, plan, 16 ** -0.5, compiled=False, chunk_bytes=1)
         assert rel_err(eager, ref) <= 1e-5
+        assert torch.equal(one_head_at_a_time, eager)
 
 
 @pytest.mark.parametrize("combine", ["union", "mean"])
@@ -183,3 +186,11 @@ def test_dense_fallback_when_one_group_holds_everything():
         moga_attention(q, k, v, layout, MogaConfig(num_groups=3, combine="union", window=None, frame_branch=False),
                        balanced, stats=stats, dense_fallback=True)
         assert stats["path"] == "sparse"
+
+
+def test_heads_run_in_equal_chunks_under_the_memory_budget():
+    # 580,320 tokens, B = 2, 12 heads of 128 in bf16: 297 MB per head → 3 heads per 1 GiB chunk
+    assert heads_per_chunk(2, 580320, 12, 128, 2, budget=1 << 30) == 3
+    assert heads_per_chunk(1, 1000, 12, 128, 2, budget=1 << 30) == 12  # small: all heads at once
+    assert heads_per_chunk(2, 580320, 40, 128, 2, budget=1 << 30) == 2  # 14B: 40 heads, divisors only
+    assert heads_per_chunk(2, 580320, 12, 128, 2, budget=1) == 1

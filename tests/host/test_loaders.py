@@ -14,7 +14,8 @@ pytestmark = pytest.mark.host
 
 OPTIONS = dict(combine="router default", windows_h=2, windows_w=2, temporal_group=2, neighbor_frames=1,
                frame_branch=True, balanced=False, start_percent=0.0, end_percent=1.0, dense_blocks="",
-               min_tokens=0, backend="auto")
+               min_tokens=0, backend="auto", capacity=1.25,
+               dense_if_slower=False)
 
 
 def sample(model, steps=3, seed=0):

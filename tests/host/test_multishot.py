@@ -158,8 +158,8 @@ def test_wan_restriction_holds_through_moga_patch_and_context_windows(moga):
     adapter = moga.adapters.adapter_for(model)
     routers = moga.routers.RouterSet({i: moga.core.Router(256, 2) for i in range(2)}, "wan", 256, 2)
     patched = model.clone()
-    moga.patcher.install(patched, routers, moga.patcher.PatchOptions(start_percent=0.0, min_tokens=0,
-                                                                      temporal_group=2))
+    moga.patcher.install(patched, routers, moga.patcher.PatchOptions(
+        start_percent=0.0, min_tokens=0, dense_if_slower=False, temporal_group=2))
     clip = StandInTextEncoder()
     latent = tm.video_latent(frames=9, height=8, width=8)
     a, plan = wan_conditioning(moga, "9f | the ball rolls left\n24f | a blue cube", clip)
@@ -201,8 +201,8 @@ def _hv_patched(moga, model):
     routers = moga.routers.RouterSet({k.index: moga.core.Router(256, 2) for k in adapter.blocks()}, "hunyuan_video",
                                      256, adapter.num_blocks)
     patched = model.clone()
-    moga.patcher.install(patched, routers, moga.patcher.PatchOptions(start_percent=0.0, min_tokens=0,
-                                                                      temporal_group=2))
+    moga.patcher.install(patched, routers, moga.patcher.PatchOptions(
+        start_percent=0.0, min_tokens=0, dense_if_slower=False, temporal_group=2))
     return patched
 
 
@@ -219,8 +219,8 @@ def three_shot_setup(moga):
     model = tm.load(tm.wan_state_dict())
     routers = moga.routers.RouterSet({i: moga.core.Router(256, 3) for i in range(2)}, "wan", 256, 2)
     patched = model.clone()
-    patch = moga.patcher.install(patched, routers, moga.patcher.PatchOptions(start_percent=0.0, min_tokens=0,
-                                                                              temporal_group=2))
+    patch = moga.patcher.install(patched, routers, moga.patcher.PatchOptions(
+        start_percent=0.0, min_tokens=0, dense_if_slower=False, temporal_group=2))
     clip = StandInTextEncoder()
     multishot = moga.NODES["MoGAMultiShotPrompt"]
     pos, plan, frames, report = multishot.execute(clip=clip, shots="9f | a ball\n8f | a cube\n8f | a cone",

@@ -11,7 +11,8 @@ pytestmark = pytest.mark.host
 
 # saved workflows store widget values by position: these ids, in this order, must never change
 OPTION_IDS = ["combine", "windows_h", "windows_w", "temporal_group", "neighbor_frames", "frame_branch", "balanced",
-              "start_percent", "end_percent", "dense_blocks", "min_tokens", "backend"]
+              "start_percent", "end_percent", "dense_blocks", "min_tokens", "backend", "capacity",
+              "dense_if_slower"]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,12 @@ def test_node_values_become_the_config(moga, options):
 
     values = {o.id: o.default_value() for o in options.OPTIONS}
     patch = options.options_from_inputs(**values)
-    assert patch.moga_config(num_groups=3, router_combine="union") == moga_config_defaults(num_groups=3)
+    # the pack's own defaults where they differ from the library's (capacity), MogaConfig's everywhere else
+    assert patch.moga_config(num_groups=3, router_combine="union") == \
+        moga_config_defaults(num_groups=3, **options.PACK_DEFAULTS)
+    # balanced (older workflows) wins over the capacity input; 0 means no bound
+    assert options.options_from_inputs(**dict(values, balanced=True)).moga_config(3, "union").capacity == 1.0
+    assert options.options_from_inputs(**dict(values, capacity=0.0)).moga_config(3, "union").capacity is None
     assert patch.moga_config(num_groups=3, router_combine="mean").combine == "mean"  # 'router default'
     chosen = options.options_from_inputs(**dict(values, combine="union", windows_h=0, windows_w=0, balanced=True))
     cfg = chosen.moga_config(num_groups=3, router_combine="mean")

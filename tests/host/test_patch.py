@@ -37,7 +37,8 @@ def patched(moga, model, m, combine="union", seed=0, **options):
     shots = options.pop("shots", None)
     if shots is not None:
         moga.wiring.set_shot_cuts(clone, shots)
-    defaults = dict(start_percent=0.0, min_tokens=0, temporal_group=2)
+    # tiny models: MoGA's cost estimate would send them dense, and these tests are about the sparse path
+    defaults = dict(start_percent=0.0, min_tokens=0, temporal_group=2, dense_if_slower=False)
     defaults.update(options)
     patch = moga.patcher.install(clone, routers, moga.patcher.PatchOptions(**defaults))
     return clone, patch
@@ -339,7 +340,8 @@ def test_unsupported_family_is_a_clear_error(moga):
     with pytest.raises(ValueError, match="MoGA cannot patch"):
         apply.execute(model=model, router=routers, combine="union", windows_h=2, windows_w=2, temporal_group=10,
                       neighbor_frames=2, frame_branch=True, balanced=False, start_percent=0.0, end_percent=1.0,
-                      dense_blocks="", min_tokens=0, backend="auto")
+                      dense_blocks="", min_tokens=0, backend="auto", capacity=1.25,
+                      dense_if_slower=False)
 
 
 @pytest.mark.parametrize("text, message", [("0,x", "cannot read 'x'"), ("5", "block 5 does not exist"),
@@ -355,9 +357,26 @@ def test_option_validation(moga):
 
     options = import_module(f"{moga.name}.nodes.options")
     base = dict(combine="union", windows_h=2, windows_w=2, temporal_group=10, neighbor_frames=2, frame_branch=True,
-                balanced=False, start_percent=0.5, end_percent=0.2, dense_blocks="", min_tokens=0, backend="auto")
+                balanced=False, start_percent=0.5, end_percent=0.2, dense_blocks="", min_tokens=0, backend="auto",
+                capacity=1.25, dense_if_slower=True)
     with pytest.raises(ValueError, match=r"end_percent \(0.2\) must not be below start_percent \(0.5\)"):
         options.options_from_inputs(**base)
     with pytest.raises(ValueError, match="windows_h and windows_w must both be 0"):
         options.options_from_inputs(**dict(base, end_percent=1.0, windows_w=0))
     assert math.isclose(options.options_from_inputs(**dict(base, end_percent=1.0)).start_percent, 0.5)
+
+
+def test_layers_that_would_not_pay_off_run_dense_and_the_run_says_so(moga):
+    """On a tiny model no sparse layer beats dense attention: with the default dense_if_slower every routed call
+    runs densely (union mode's M = 1 case, so the sample equals the unpatched model's), and the run's summary —
+    the log line and the long-video sampler's UI text — names the reason."""
+    model, pos, neg, latent, cfg = wan_t2v()
+    reference = ksample(model, pos, neg, latent, cfg=cfg)
+    clone, patch = patched(moga, model, m=3, dense_if_slower=True)
+    out = ksample(clone, pos, neg, latent, cfg=cfg)
+    stats = patch.last_run_stats
+    assert sum(stats["sparse_calls"].values()) == 0
+    assert stats["dense"][moga.patcher.DENSE_BY_COST] > 0
+    assert (out - reference).abs().max().item() <= 1e-4 * max(reference.abs().max().item(), 1.0)
+    line = moga.patcher.summarize_run(stats)
+    assert line.startswith("MoGA: 0 sparse / ") and moga.patcher.DENSE_BY_COST in line

@@ -462,7 +462,7 @@ def shrink_prompt(prompt: dict, size: int) -> dict:
         elif "steps" in inputs:
             inputs["steps"] = 2
         if kind == "MoGAApply":
-            inputs.update(min_tokens=0, start_percent=0.0)
+            inputs.update(min_tokens=0, start_percent=0.0, dense_if_slower=False)
         if kind == "VAEDecodeTiled":
             inputs.update(tile_size=64, overlap=32, temporal_size=8, temporal_overlap=4)
     return prompt
