@@ -15,6 +15,8 @@ numerators), every piece being a varlen problem: G, W, F, G∩W, G∩F, W∩F, G
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .backends import default_scale, lse_dtype, sdpa_with_lse, segmented_attention
@@ -169,6 +171,18 @@ def _merge(parts):
     return num / den.unsqueeze(-1)
 
 
+_BLOCK_KERNEL_FAILURE: list[str] = []  # why the block kernel could not be built in this process (then: varlen)
+
+
+def _block_kernel_failed(exc: Exception) -> None:
+    """`auto` met a block kernel that does not build here (a Triton or compiler problem): say so once, and keep to
+    the varlen paths for the rest of the process."""
+    reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+    _BLOCK_KERNEL_FAILURE.append(reason)
+    warnings.warn(f"MoGA: the block-sparse FlexAttention kernel failed to build or run here ({reason}); using the "
+                  "slower varlen attention paths from now on. backend='flex' shows the full error.", stacklevel=3)
+
+
 def use_block_kernel(cfg: MogaConfig, q: torch.Tensor) -> bool:
     """Whether the router-dependent keys run on the one block-sparse kernel (`blocksparse`) for these inputs.
 
@@ -180,7 +194,7 @@ def use_block_kernel(cfg: MogaConfig, q: torch.Tensor) -> bool:
             raise ValueError(f"backend 'flex' needs a CUDA device, torch's FlexAttention and Triton; got {q.device} "
                              f"with torch {torch.__version__}. Use backend='auto'.")
         return True
-    if cfg.backend != "auto" or not flex_available(q.device):
+    if cfg.backend != "auto" or not flex_available(q.device) or _BLOCK_KERNEL_FAILURE:
         return False
     d = q.shape[-1]
     need_grad = torch.is_grad_enabled() and q.requires_grad
@@ -249,8 +263,14 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
             path = "dense"
             video = _dense_union(q, k, v, layout, global_keep, scale)
         else:
-            video = block_attention(q, k, v, plan, scale).reshape(b * nv, h, d)
-        if not union:
+            try:
+                video = block_attention(q, k, v, plan, scale).reshape(b * nv, h, d)
+            except Exception as exc:  # noqa: BLE001 — a broken Triton / compiler must not end the user's run
+                if cfg.backend == "flex" or isinstance(exc, torch.OutOfMemoryError):
+                    raise
+                _block_kernel_failed(exc)
+                block_kernel = False
+        if video is not None and not union:
             results["group"] = (1.0, video, None)
     if video is None or not union:
         need_lse = union or has_glob

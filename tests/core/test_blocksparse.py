@@ -194,3 +194,36 @@ def test_heads_run_in_equal_chunks_under_the_memory_budget():
     assert heads_per_chunk(1, 1000, 12, 128, 2, budget=1 << 30) == 12  # small: all heads at once
     assert heads_per_chunk(2, 580320, 40, 128, 2, budget=1 << 30) == 2  # 14B: 40 heads, divisors only
     assert heads_per_chunk(2, 580320, 12, 128, 2, budget=1) == 1
+
+
+def test_a_block_kernel_that_cannot_be_built_falls_back_to_the_varlen_path(monkeypatch):
+    """`auto` on a machine whose Triton cannot build the kernel: one warning, the varlen result, and no second
+    attempt in the process; an explicit backend='flex' shows the error instead."""
+    import moga_core.attention as attention
+
+    calls = []
+
+    def broken_kernel(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("triton: no working C compiler found")
+
+    monkeypatch.setattr(attention, "flex_available", lambda device: True)
+    monkeypatch.setattr(attention, "block_attention", broken_kernel)
+    monkeypatch.setattr(attention, "_BLOCK_KERNEL_FAILURE", [])
+    layout = VideoLayout(grid=(6, 5, 7), shots=(0, 3))
+    q, k, v, groups, _ = make_inputs(layout, 1, 2, 16, 3, seed=0, dtype=torch.bfloat16)
+    cfg = MogaConfig(num_groups=3, combine="union")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = moga_attention(q, k, v, layout, cfg, groups)
+        second = moga_attention(q, k, v, layout, cfg, groups)
+    failures = [w for w in caught if "failed to build or run" in str(w.message)]
+    assert len(failures) == 1 and "no working C compiler" in str(failures[0].message)
+    assert len(calls) == 1  # not tried again
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        varlen = moga_attention(q, k, v, layout, MogaConfig(num_groups=3, combine="union", backend="varlen"), groups)
+    assert torch.equal(first, varlen) and torch.equal(second, varlen)
+    monkeypatch.setattr(attention, "_BLOCK_KERNEL_FAILURE", [])
+    with pytest.raises(RuntimeError, match="no working C compiler"):
+        moga_attention(q, k, v, layout, MogaConfig(num_groups=3, combine="union", backend="flex"), groups)
