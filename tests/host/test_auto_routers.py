@@ -1,0 +1,184 @@
+"""Auto routers (fitted to the video being made) and the second group, on a tiny real WanModel (CPU, float32)."""
+
+from __future__ import annotations
+
+import math
+from importlib import import_module
+
+import pytest
+import torch
+
+import tiny_models as tm
+from test_patch import STEPS, ksample, patched
+
+pytestmark = pytest.mark.host
+
+M = 3
+START = 0.5
+
+
+@pytest.fixture(scope="module")
+def auto(moga):
+    return import_module(f"{moga.name}.nodes.auto_routers")
+
+
+@pytest.fixture(scope="module")
+def wan(moga):
+    return tm.load(tm.wan_state_dict()), tm.wan_conditioning(seed=1), tm.wan_conditioning(seed=2)
+
+
+def recorder(moga):
+    """A patch holder that records every block's router input with the call's sigma, in call order (dense)."""
+    BlockPatch = moga.patcher.BlockPatch
+
+    class Recorder(BlockPatch):
+        def __init__(self, adapter):
+            super().__init__(adapter)
+            self.calls = []
+
+        def takes_block(self, key):
+            return True
+
+        def before_block(self, key, args, to, info):
+            found = self.video_tokens(key, args, to, info)
+            if found is not None:
+                x = self.adapter.router_input(key, args, found[1])
+                self.calls.append((moga.wiring.sigma_of(to), key.index, x.detach().clone()))
+            return None
+
+    return Recorder
+
+
+def auto_patched(moga, model, **options):
+    clone = model.clone()
+    defaults = dict(start_percent=START, min_tokens=0, temporal_group=2, dense_if_slower=False, auto_groups=M)
+    defaults.update(options)
+    patch = moga.patcher.install(clone, None, moga.patcher.PatchOptions(**defaults))
+    patch.auto.tokens_per_block = 512  # below the 640 rows of a step (cond + uncond): the reservoir replaces rows
+    return clone, patch
+
+
+def expected_capture_sigma(model, start_percent):
+    import comfy.samplers
+
+    model_sampling = model.get_model_object("model_sampling")
+    sigmas = comfy.samplers.calculate_sigmas(model_sampling, "simple", STEPS).tolist()
+    sigma_start = float(model_sampling.percent_to_sigma(start_percent))
+    steps = sigmas[:-1]
+    first_sparse = next(i for i, s in enumerate(steps) if s <= sigma_start + 1e-6)
+    assert first_sparse > 0
+    return steps[first_sparse - 1], steps
+
+
+def fit_like_auto(moga, auto, calls, sigma, capacity, index):
+    """What `Router.fit` gives on block ``index``'s inputs of the step at ``sigma``, sampled as the patch does."""
+    sample = auto.RouterInputSample(capacity, auto.AUTO_SEED)
+    for s, i, x in calls:
+        if math.isclose(s, sigma, rel_tol=1e-4):
+            sample.add(i, x)
+    rows = sample.sample(index)
+    return moga.core.Router.fit(rows.float(), M, iters=auto.AUTO_ITERS, seed=auto.AUTO_SEED)
+
+
+def test_auto_routers_are_fitted_once_per_run_on_the_last_dense_step(moga, auto, wan):
+    model, pos, neg = wan
+    latent = tm.video_latent()
+    rec_clone = model.clone()
+    rec = moga.patcher.install_patch(rec_clone, recorder(moga)(moga.adapters.adapter_for(model)))
+    dense = ksample(rec_clone, pos, neg, latent, seed=3)
+
+    clone, patch = auto_patched(moga, model)
+    out = ksample(clone, pos, neg, latent, seed=3)
+    stats = patch.last_run_stats
+    capture, steps = expected_capture_sigma(model, START)
+    assert stats["auto_fits"] == 1 and patch.auto.fits == 1
+    assert stats["auto_capture_sigma"] == pytest.approx(capture, rel=1e-5)
+    assert stats["auto_fit_s"] > 0 and stats["auto_capture_s"] > 0
+    assert "auto routers fitted in" in moga.patcher.summarize_run(stats)
+    blocks = sorted(patch.auto.routers)
+    assert blocks == [k.index for k in patch.adapter.blocks()]
+    # the capture step's inputs are those of cond and uncond (320 video tokens each)
+    assert sum(x.shape[0] * x.shape[1] for s, i, x in rec.calls
+               if math.isclose(s, capture, rel_tol=1e-4) and i == 0) == 640
+    for index in blocks:
+        expected = fit_like_auto(moga, auto, rec.calls, capture, 512, index)
+        got = patch.auto.routers[index]
+        assert torch.equal(got.weight.cpu(), expected.weight) and torch.equal(got.bias.cpu(), expected.bias)
+        # the step matters: the first step's inputs give another router
+        other = fit_like_auto(moga, auto, rec.calls, steps[0], 512, index)
+        assert not torch.allclose(other.weight, expected.weight)
+    # MoGA ran on the steps after the capture step, and the dense steps before it are the unpatched model's
+    assert stats["sparse_forwards"] == sum(1 for s in stats["sigmas"] if s < capture * (1 - 1e-4)) > 0
+    assert sum(stats["sparse_calls"].values()) == len(blocks) * stats["sparse_forwards"]
+    assert not torch.equal(out, dense)
+    first = {i: (r.weight.clone(), r.bias.clone()) for i, r in patch.auto.routers.items()}
+
+    # a new run refits (same seed: the same video, the same routers), another seed fits its own video
+    again = ksample(clone, pos, neg, latent, seed=3)
+    assert patch.auto.fits == 2 and patch.last_run_stats["auto_fits"] == 1
+    assert torch.equal(again, out)
+    assert all(torch.equal(patch.auto.routers[i].weight, w) for i, (w, _) in first.items())
+    ksample(clone, pos, neg, latent, seed=4)
+    assert patch.auto.fits == 3
+    assert not all(torch.equal(patch.auto.routers[i].weight, w) for i, (w, _) in first.items())
+
+
+def test_a_schedule_that_starts_in_the_sparse_range_runs_its_first_step_dense_to_fit(moga, wan):
+    import nodes
+
+    model, pos, neg = wan
+    clone, patch = auto_patched(moga, model, start_percent=0.1)
+    nodes.common_ksampler(clone, 0, STEPS, 5.0, "euler", "simple", pos, neg, tm.video_latent(), denoise=0.5)
+    stats = patch.last_run_stats
+    blocks = len(patch.routed_blocks())
+    first = stats["sigmas"][0]
+    forwards_first = sum(1 for s in stats["sigmas"] if s == first)
+    assert stats["auto_fits"] == 1 and stats["auto_capture_sigma"] == pytest.approx(first)
+    assert stats["dense"]["dense step to fit auto routers"] == blocks * forwards_first
+    assert stats["sparse_forwards"] == len(stats["sigmas"]) - forwards_first
+    assert sum(stats["sparse_calls"].values()) == blocks * stats["sparse_forwards"]
+
+
+def option_values(moga, **changes):
+    options = import_module(f"{moga.name}.nodes.options")
+    values = {o.id: o.default_value() for o in options.OPTIONS}
+    values.update(changes)
+    return values
+
+
+def test_moga_apply_without_router_patches_with_auto_routers(moga, wan):
+    model, pos, neg = wan
+    apply = moga.NODES["MoGAApply"]
+    with pytest.raises(ValueError, match="start_percent is 0"):
+        apply.execute(model, None, **option_values(moga, start_percent=0.0))
+    patched_model = apply.execute(model, **option_values(moga, auto_groups=4, min_tokens=0))[0]
+    patch = moga.wiring.patch_of(patched_model)
+    assert patch.auto is not None and patch.cfg.num_groups == 4 and patch.cfg.combine == "union"
+    ksample(patched_model, pos, neg, tm.video_latent(), seed=0)
+    assert patch.last_run_stats["auto_fits"] == 1
+    assert all(r.num_groups == 4 for r in patch.auto.routers.values())
+    # a connected router wins: no auto routers, the router's groups
+    adapter = moga.adapters.adapter_for(model)
+    from test_patch import routers_for
+
+    given = routers_for(moga, adapter, 2)
+    with_router = apply.execute(model, given, **option_values(moga, auto_groups=4, min_tokens=0))[0]
+    patch = moga.wiring.patch_of(with_router)
+    assert patch.auto is None and patch.routers is given and patch.cfg.num_groups == 2
+
+
+def test_second_group_runs_in_the_patch_and_adds_keys(moga, wan):
+    model, pos, neg = wan
+    latent = tm.video_latent()
+    outs, density = {}, {}
+    for second in (False, True):
+        clone, patch = patched(moga, model, m=4, second_group=second)
+        outs[second] = ksample(clone, pos, neg, latent, seed=1)
+        stats = patch.last_run_stats
+        sparse = sum(stats["sparse_calls"].values())
+        assert sparse == len(patch.routed_blocks()) * stats["sparse_forwards"] > 0
+        density[second] = stats["density_sum"] / sparse
+    assert density[True] > density[False] + 0.05
+    assert not torch.equal(outs[True], outs[False])
+    with pytest.raises(ValueError, match="combine='union'"):
+        patched(moga, model, m=4, second_group=True, combine="mean")
