@@ -46,6 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from moga_core import MogaConfig, Router, VideoLayout, moga_attention  # noqa: E402
 from moga_core.parallel import (_heads_to_seq, _seq_to_heads, _sharding,  # noqa: E402
                                 sequence_parallel_moga_attention, shard_sequence, shard_sizes)
+from moga_core.bench import time_calls  # noqa: E402
 from moga_core.synthetic import even_shots, grid_for_tokens  # noqa: E402
 
 SHAPES = {  # name: (dim, heads, ffn_dim, blocks)
@@ -59,31 +60,10 @@ TEXT_TOKENS = 512
 # timing
 
 
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def median_ms(fn, dev, repeats, warmup, group_barrier):
-    """Median ms of ``fn()``; with ``group_barrier`` every repeat starts after a barrier of all ranks."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(dev)
-        if group_barrier:
-            dist.barrier()
-        if dev.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+    """Median ms of ``fn()`` and every time; with ``group_barrier`` every repeat starts after a barrier of all
+    ranks."""
+    times = time_calls(fn, dev, repeats, warmup, dist.barrier if group_barrier else None)
     return statistics.median(times), times
 
 

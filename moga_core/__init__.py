@@ -9,7 +9,7 @@ from .attention import dense_attention, moga_attention, reference_attention
 from .config import MogaConfig, VideoLayout
 from .distill import distill_routers
 from .parallel import sequence_parallel_moga_attention
-from .router import Router, balance_loss, balanced_assignment, kmeans
+from .router import Router, balance_loss, balanced_assignment, capacity_assignment, kmeans
 
 __all__ = [
     "MogaConfig",
@@ -20,6 +20,7 @@ __all__ = [
     "dense_attention",
     "balance_loss",
     "balanced_assignment",
+    "capacity_assignment",
     "kmeans",
     "distill_routers",
     "sequence_parallel_moga_attention",

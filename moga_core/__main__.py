@@ -35,8 +35,8 @@ def info() -> int:
               "keys of both combines; the varlen paths below for mean mode's static window and frame branches")
     else:
         why = "no CUDA device" if not cuda else "no Triton or no FlexAttention in this torch"
-        print(f"flex (the block-sparse kernel) is not available here ({why}); auto uses the varlen paths:")
-    print(f"varlen on {device.type}/{str(dtype).replace('torch.', '')}: "
+        print(f"flex (the block-sparse kernel) is not available here ({why}); auto uses the varlen paths")
+    print(f"auto picks among the varlen paths on {device.type}/{str(dtype).replace('torch.', '')}: "
           f"{choose_backend('auto', device, dtype, False, False, 8192, 8)} for router groups (sizes change every "
           f"call), {choose_backend('auto', device, dtype, False, False, 4096, 48, stable=True)} for long static "
           f"windows, {choose_backend('auto', device, dtype, False, False, 300, 2000, stable=True)} for many short "

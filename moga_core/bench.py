@@ -47,26 +47,35 @@ COLUMNS = """output columns:
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def time_call(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median milliseconds of ``fn()`` over ``repeats`` runs (CUDA events on GPU)."""
+def time_calls(fn, device: torch.device, repeats: int, warmup: int = 2, before_each=None) -> list[float]:
+    """Milliseconds of each of ``repeats`` calls of ``fn()`` after ``warmup`` untimed ones (CUDA events on GPU).
+
+    ``before_each``: run (untimed) before every timed call, e.g. a barrier so that all ranks start together."""
     for _ in range(warmup):
         fn()
     times = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(repeats):
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if before_each is not None:
+            before_each()
+        if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end))
-    else:
-        for _ in range(repeats):
+        else:
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return times
+
+
+def time_call(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median milliseconds of ``fn()`` over ``repeats`` runs (CUDA events on GPU)."""
+    return statistics.median(time_calls(fn, device, repeats, warmup))
 
 
 def _peak_gib(device: torch.device):

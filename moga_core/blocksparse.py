@@ -55,12 +55,13 @@ KERNEL_OPTIONS: dict | None = None
 
 
 def kernel_options_for(device: torch.device) -> dict:
-    """Hopper and newer: the TMA loads (H200, torch 2.11: 117.5 ms vs 128.5 ms for the default configuration on a
-    187,200-token union plan, bench/union_kernel.py --sweep-kernel-options); older GPUs: FlexAttention's defaults."""
+    """Hopper (sm_90): the TMA loads (H200, torch 2.11: 117.5 ms vs 128.5 ms for the default configuration on a
+    187,200-token union plan, bench/union_kernel.py --sweep-kernel-options); other GPUs, where nobody has measured
+    it here: FlexAttention's defaults."""
     if KERNEL_OPTIONS is not None:
         return dict(KERNEL_OPTIONS)
     major, _ = torch.cuda.get_device_capability(device)
-    return {"USE_TMA": True} if major >= 9 else {}
+    return {"USE_TMA": True} if major == 9 else {}
 # One compiled kernel per (sequence length, batch, mode, dtype, head shape): a long ComfyUI session meets many
 # lengths. Past dynamo's default limit of 8 the kernel would silently fall back to the eager path, which builds the
 # N² score matrix (out of memory at video lengths); the limit is raised for these calls only.

@@ -503,7 +503,27 @@ await check("group_map", async () => {
   assertEqual(state.without, before, "widgets after an execution without a group map");
   assert(state.canvas && state.canvas[0] > 0, `group map canvas: ${JSON.stringify(state)}`);
   assertEqual(state.serialized, before, "widgets_values entries (the map is not saved)");
-  return state;
+  // the run's one-line summary: shown under the map, and alone (map hidden) when a run stayed dense
+  const summary = await page.evaluate((id) => {
+    const node = window.comfyAPI.app.app.graph.getNodeById(id);
+    const element = () => node.widgets.find((x) => x.name === "moga_group_map")?.element;
+    const text = () => element()?.querySelector('[data-testid="moga-run-summary"]')?.textContent ?? null;
+    const line = "MoGA: 60 sparse / 12 dense attention calls; dense: outside start/end percent 12";
+    const h = 2, w = 3;
+    node.onExecuted?.({ moga_group_map: [{ height: h, width: w, num_groups: 2, groups: [0, 1, 0, 1, 0, 1] }],
+      moga_run: [line] });
+    const withMap = { text: text(), canvasShown: element().querySelector("canvas").style.display !== "none" };
+    const dense = "MoGA: 0 sparse / 30 dense attention calls; dense: below min_tokens 30";
+    node.onExecuted?.({ moga_run: [dense] });
+    const alone = { text: text(), canvasShown: element().querySelector("canvas").style.display !== "none" };
+    return { line, dense, withMap, alone, serialized: node.serialize().widgets_values.length };
+  }, id);
+  assertEqual(summary.withMap.text, summary.line, "summary under the map");
+  assertEqual(summary.withMap.canvasShown, true, "map shown with a summary");
+  assertEqual(summary.alone.text, summary.dense, "summary of a dense run");
+  assertEqual(summary.alone.canvasShown, false, "no stale map after a run without one");
+  assertEqual(summary.serialized, before, "widgets_values entries (the summary is not saved)");
+  return { ...state, summary };
 });
 
 await check("screenshots", async () => {
