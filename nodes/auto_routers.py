@@ -113,6 +113,7 @@ class AutoRouters:
         self.routers: dict[int, Router] | None = None  # fitted for this run, on the model's device
         self.capture_sigma = _UNSET
         self.forced = False
+        self.no_schedule = False  # the run did not say its sigmas: sample every dense step, keep the latest
         self._last_dense = None  # without sample_sigmas: the sigma the sample holds
 
     def router_set(self) -> RouterSet | None:
@@ -137,13 +138,13 @@ class AutoRouters:
                 steps = [float(s) for s in sigmas.reshape(-1)[:-1].tolist()]
                 self.capture_sigma, self.forced = capture_sigma_of(steps, self._sparse_at)
             else:
-                self.capture_sigma = None  # unknown schedule: sample every dense step, keep the latest
+                self.capture_sigma, self.no_schedule = None, True
             stats["auto_capture_sigma"] = self.capture_sigma
         if self.capture_sigma is not None and math.isclose(sigma, self.capture_sigma, rel_tol=1e-4, abs_tol=1e-6):
             self._start_sample(sigma)
             return False, "forced dense" if self.forced else "last dense step"
         if not sparse:
-            if self.capture_sigma is None:  # no schedule: the latest dense step is the last one so far
+            if self.no_schedule:  # the latest dense step is the last one so far
                 if self._last_dense is None or not math.isclose(sigma, self._last_dense, rel_tol=1e-4):
                     self.sample = None
                 self._start_sample(sigma)

@@ -112,6 +112,9 @@ def test_auto_routers_are_fitted_once_per_run_on_the_last_dense_step(moga, auto,
     assert sum(stats["sparse_calls"].values()) == len(blocks) * stats["sparse_forwards"]
     assert not torch.equal(out, dense)
     first = {i: (r.weight.clone(), r.bias.clone()) for i, r in patch.auto.routers.items()}
+    as_set = patch.auto.router_set()  # the run's routers as a router file would hold them
+    assert as_set.num_groups == M and sorted(as_set.routers) == blocks
+    assert all(torch.equal(as_set.routers[i].weight, w) for i, (w, _) in first.items())
 
     # a new run refits (same seed: the same video, the same routers), another seed fits its own video
     again = ksample(clone, pos, neg, latent, seed=3)
@@ -182,3 +185,27 @@ def test_second_group_runs_in_the_patch_and_adds_keys(moga, wan):
     assert not torch.equal(outs[True], outs[False])
     with pytest.raises(ValueError, match="combine='union'"):
         patched(moga, model, m=4, second_group=True, combine="mean")
+
+
+def test_capture_step_rules(moga, auto, wan):
+    sparse_at = lambda sigma: sigma <= 0.5  # noqa: E731
+    assert auto.capture_sigma_of([1.0, 0.8, 0.5, 0.2], sparse_at) == (0.8, False)
+    assert auto.capture_sigma_of([0.5, 0.2], sparse_at) == (0.5, True)  # no dense step: the first runs dense
+    assert auto.capture_sigma_of([1.0, 0.8], sparse_at) == (None, False)  # never sparse: nothing to fit
+    # a run that does not say its sigmas: every dense step is sampled, the latest one kept
+    adapter = moga.adapters.adapter_for(wan[0])
+    routers = auto.AutoRouters(adapter, 2, {0}, tokens_per_block=64).bind(sparse_at)
+    stats, gen = {}, torch.Generator().manual_seed(0)
+    rows = {}
+    for sigma in (1.0, 0.8):
+        assert routers.begin_forward(sigma, {}, sparse_at(sigma), stats) == (False, "last dense step")
+        rows[sigma] = torch.randn(1, 40, 256, generator=gen)
+        routers.add(0, rows[sigma], stats)
+        routers.add(1, rows[sigma], stats)  # not a routed block: ignored
+    assert routers.begin_forward(0.5, {}, True, stats) == (True, None)
+    assert routers.fits == 1 and stats["auto_fits"] == 1 and sorted(routers.routers) == [0]
+    replay = auto.RouterInputSample(64, auto.AUTO_SEED)
+    replay.add(0, rows[0.8])
+    expected = moga.core.Router.fit(replay.sample(0).float(), 2, iters=auto.AUTO_ITERS, seed=auto.AUTO_SEED)
+    assert torch.equal(routers.routers[0].weight, expected.weight)
+    assert routers.begin_forward(0.2, {}, True, stats) == (True, None) and routers.fits == 1  # once per run
