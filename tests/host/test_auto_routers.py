@@ -209,3 +209,37 @@ def test_capture_step_rules(moga, auto, wan):
     expected = moga.core.Router.fit(replay.sample(0).float(), 2, iters=auto.AUTO_ITERS, seed=auto.AUTO_SEED)
     assert torch.equal(routers.routers[0].weight, expected.weight)
     assert routers.begin_forward(0.2, {}, True, stats) == (True, None) and routers.fits == 1  # once per run
+
+
+@pytest.mark.parametrize("kind", ["wan-context-windows", "hunyuanvideo"])
+def test_auto_routers_fit_on_every_forward_of_the_capture_step(moga, auto, kind):
+    """Context windows (several forwards per step, each a window of the video) and HunyuanVideo (joint attention
+    with text tokens, cfg 1): the routers are fitted on the video tokens of every forward at the capture step."""
+    from comfy_extras.nodes_context_windows import ContextWindowsManualNode
+
+    if kind == "hunyuanvideo":
+        model = tm.load(tm.hunyuan_state_dict())
+        pos, neg, cfg, latent = tm.hunyuan_conditioning(seed=1), tm.hunyuan_conditioning(seed=2), 1.0, \
+            tm.video_latent()
+        wrap = lambda m: m  # noqa: E731
+    else:
+        model = tm.load(tm.wan_state_dict())
+        pos, neg, cfg, latent = tm.wan_conditioning(seed=1), tm.wan_conditioning(seed=2), 5.0, \
+            tm.video_latent(frames=9, height=8, width=8)
+        wrap = lambda m: ContextWindowsManualNode.execute(m, 5, 2, "standard_static", 1, False, "pyramid", 2,  # noqa
+                                                          False)[0]
+    rec_clone = model.clone()
+    rec = moga.patcher.install_patch(rec_clone, recorder(moga)(moga.adapters.adapter_for(model)))
+    ksample(wrap(rec_clone), pos, neg, latent, seed=2, cfg=cfg)
+    clone, patch = auto_patched(moga, model)
+    ksample(wrap(clone), pos, neg, latent, seed=2, cfg=cfg)
+    stats = patch.last_run_stats
+    capture, _ = expected_capture_sigma(model, START)
+    assert stats["auto_fits"] == 1 and stats["auto_capture_sigma"] == pytest.approx(capture, rel=1e-5)
+    at_capture = [x for s, i, x in rec.calls if math.isclose(s, capture, rel_tol=1e-4) and i == 0]
+    if kind == "wan-context-windows":
+        assert len(at_capture) > 1 and all(x.shape[1] < 9 * 16 for x in at_capture)  # windows, not the video
+    for index in sorted(patch.auto.routers):
+        expected = fit_like_auto(moga, auto, rec.calls, capture, 512, index)
+        assert torch.equal(patch.auto.routers[index].weight.cpu(), expected.weight)
+    assert sum(stats["sparse_calls"].values()) > 0
