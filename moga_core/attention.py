@@ -87,6 +87,28 @@ def _check_inputs(q, k, v, layout, cfg, groups, gate):
     return groups, gate
 
 
+def _check_groups2(groups2, groups, layout, cfg):
+    """-> (B, Nv) int64 second groups (``cfg.second_group``), or None; a ValueError when they come unasked or
+    are missing."""
+    if not cfg.second_group:
+        if groups2 is not None:
+            raise ValueError("groups2 was given but cfg.second_group is False; set MogaConfig(second_group=True) "
+                             "to attend to the second group")
+        return None
+    if groups2 is None:
+        raise ValueError("cfg.second_group is True: groups2 (B, Nv), each query's second group "
+                         "(moga_core.router.second_choice), is required")
+    b, nv, n = groups.shape[0], layout.num_video_tokens, layout.num_tokens
+    if not torch.is_tensor(groups2) or groups2.dim() != 2 or groups2.shape[0] != b or groups2.shape[1] not in (nv, n):
+        raise ValueError(f"groups2 must be (B, Nv) = ({b}, {nv}) or (B, N) = ({b}, {n}); got "
+                         f"{tuple(getattr(groups2, 'shape', ())) or type(groups2).__name__}")
+    if groups2.is_floating_point() or groups2.dtype == torch.bool:
+        raise ValueError(f"groups2 must be an integer tensor of group ids, got dtype {groups2.dtype}")
+    if groups2.shape[1] == n and n != nv:
+        groups2 = groups2[:, layout.prefix:layout.prefix + nv]
+    return groups2.to(groups.device).long()
+
+
 def _check_global_keep(global_keep, layout, device):
     """-> None, or a (T, Ng) bool table: which global tokens each latent frame's video queries may attend to."""
     if global_keep is None:
@@ -145,6 +167,10 @@ def _run_term(term: Term, qf, kf, vf, scale, need_lse, backend):
         kp = kf.index_select(0, k_index)
         vp = vf.index_select(0, k_index)
     out, lse = segmented_attention(qp, kp, vp, prob, scale, need_lse, backend)
+    if term.rows is not None:  # some queries only: the others see no key of this piece (weight 0 in the merge)
+        full = out.new_zeros(term.rows, *out.shape[1:])
+        full_lse = torch.full((term.rows, lse.shape[1]), float("-inf"), dtype=lse.dtype, device=lse.device)
+        return full.index_copy(0, term.out_index, out), full_lse.index_copy(0, term.out_index, lse)
     if term.out_index is not None:
         inv = term.inverse()
         out = out.index_select(0, inv)
@@ -218,8 +244,11 @@ def _dense_union(q, k, v, layout, global_keep, scale):
 def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: VideoLayout, cfg: MogaConfig,
                    groups: torch.Tensor | None = None, gate: torch.Tensor | None = None, *,
                    scale: float | None = None, global_keep: torch.Tensor | None = None,
-                   stats: dict | None = None, dense_fallback: bool = False) -> torch.Tensor:
+                   stats: dict | None = None, dense_fallback: bool = False,
+                   groups2: torch.Tensor | None = None) -> torch.Tensor:
     """MoGA attention. q, k, v: (B, N, H, D) with N = layout.num_tokens; groups (B, Nv) int; gate (B, Nv).
+    ``groups2`` (B, Nv) int: each query's second group, required exactly when ``cfg.second_group`` (union mode):
+    the query also attends to that group's keys (each key once; a second group equal to the first adds nothing).
 
     Returns (B, N, H, D) in q's dtype. ``gate=None`` in ``"mean"`` mode means an ungated group branch (p = 1).
     ``global_keep``: which global tokens video queries may attend to, (prefix + suffix,) bool for all of them (False =
@@ -234,6 +263,7 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
     (estimated time vs dense attention).
     """
     groups, gate = _check_inputs(q, k, v, layout, cfg, groups, gate)
+    groups2 = _check_groups2(groups2, groups, layout, cfg)
     global_keep = _check_global_keep(global_keep, layout, q.device)
     b, n, h, d = q.shape
     nv, p = layout.num_video_tokens, layout.prefix
@@ -250,14 +280,14 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
 
     if block_kernel:
         plan = build_block_plan(layout, cfg, groups, "union" if union else "group", global_keep,
-                                need_grad=torch.is_grad_enabled() and q.requires_grad)
+                                need_grad=torch.is_grad_enabled() and q.requires_grad, groups2=groups2)
         # the one read-back of the call: id check, and the cost estimate for the dense fallback and the stats
-        checks = torch.stack([((groups < 0) | (groups >= cfg.num_groups)).sum(), plan.partial_blocks.sum(),
-                              plan.full_blocks.sum()]).cpu().tolist()
+        ids = groups if groups2 is None else torch.cat([groups, groups2], 1)
+        outside = (ids < 0) | (ids >= cfg.num_groups)
+        checks = torch.stack([outside.sum(), plan.partial_blocks.sum(), plan.full_blocks.sum()]).cpu().tolist()
         if checks[0]:
-            bad = groups[(groups < 0) | (groups >= cfg.num_groups)]
-            raise ValueError(f"groups must be ids in [0, {cfg.num_groups}) for num_groups = {cfg.num_groups}; got "
-                             f"{checks[0]} ids outside, e.g. {bad[:5].tolist()}")
+            raise ValueError(f"groups (and groups2) must be ids in [0, {cfg.num_groups}) for num_groups = "
+                             f"{cfg.num_groups}; got {checks[0]} ids outside, e.g. {ids[outside][:5].tolist()}")
         relative = relative_cost(checks[1], checks[2], b, nv, nv + layout.num_global_tokens)
         if union and dense_fallback and relative >= 1.0:
             path = "dense"
@@ -282,7 +312,9 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
                 want.append("group&frame")
             if union and cfg.window is not None and cfg.frame_branch:
                 want.append("group&window&frame")
-            gterms = group_terms(layout, cfg, groups, tuple(want))
+            if groups2 is not None:  # union only (MogaConfig): the same pieces for the second group
+                want += [name.replace("group", "group2", 1) for name in want]
+            gterms = group_terms(layout, cfg, groups, tuple(want), groups2)
         sterms = static_terms(layout, cfg, b, q.device)
         if union and dense_fallback:
             pairs = sum(t.problem.pair_count() for t in list(gterms.values()) + list(sterms.values()))
@@ -338,7 +370,7 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
 
     if stats is not None:
         ng = layout.num_global_tokens
-        video_pairs = key_set_pairs(layout, cfg, groups, global_keep)
+        video_pairs = key_set_pairs(layout, cfg, groups, global_keep, groups2)
         stats["density"] = (video_pairs + b * ng * n) / float(b * n * n)
         stats["group_sizes"] = torch.bincount((groups + torch.arange(b, device=groups.device)[:, None]
                                                * cfg.num_groups).reshape(-1),
@@ -379,8 +411,11 @@ def window_key_mask(layout: VideoLayout, cfg: MogaConfig, queries: torch.Tensor)
     return same_window & allowed[tg_of_frame[frame_of[queries]]][:, frame_of]
 
 
-def branch_masks(layout: VideoLayout, cfg: MogaConfig, groups_row: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Boolean (Nv, N) key masks of one sample's video queries: ``group``, ``window``, ``frame``, ``global``."""
+def branch_masks(layout: VideoLayout, cfg: MogaConfig, groups_row: torch.Tensor,
+                 groups2_row: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Boolean (Nv, N) key masks of one sample's video queries: ``group``, ``window``, ``frame``, ``global``.
+
+    ``groups2_row`` (Nv,): each query's second group; its keys join the ``group`` mask (second-group mode)."""
     t_len, hh, ww = layout.grid
     nv, n, p = layout.num_video_tokens, layout.num_tokens, layout.prefix
     device = groups_row.device
@@ -393,7 +428,10 @@ def branch_masks(layout: VideoLayout, cfg: MogaConfig, groups_row: torch.Tensor)
         m[:, vid] = video_mask
         return m
 
-    masks["group"] = full(groups_row[:, None] == groups_row[None, :])
+    same = groups_row[:, None] == groups_row[None, :]
+    if groups2_row is not None:
+        same = same | (groups2_row[:, None] == groups_row[None, :])
+    masks["group"] = full(same)
     if cfg.window is not None:
         masks["window"] = full(window_key_mask(layout, cfg, torch.arange(nv, device=device)))
     if cfg.frame_branch:
@@ -414,14 +452,20 @@ def _masked_attention(q, k, v, mask, scale):
 
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: VideoLayout, cfg: MogaConfig,
                         groups: torch.Tensor | None = None, gate: torch.Tensor | None = None, *,
-                        scale: float | None = None, global_keep: torch.Tensor | None = None) -> torch.Tensor:
-    """The O(N²) definition of MoGA attention (float64 inside), for tests. Same arguments as `moga_attention`."""
+                        scale: float | None = None, global_keep: torch.Tensor | None = None,
+                        groups2: torch.Tensor | None = None) -> torch.Tensor:
+    """The O(N²) definition of MoGA attention (float64 inside), for tests. Same arguments as `moga_attention`.
+
+    Second-group mode (``cfg.second_group``, ``groups2`` (B, Nv)): a video query's group keys are the keys of its
+    group and of its second group."""
     groups, gate = _check_inputs(q, k, v, layout, cfg, groups, gate)
+    groups2 = _check_groups2(groups2, groups, layout, cfg)
     global_keep = _check_global_keep(global_keep, layout, q.device)
-    bad = (groups < 0) | (groups >= cfg.num_groups)
-    if bad.any():
-        raise ValueError(f"groups must be ids in [0, {cfg.num_groups}) for num_groups = {cfg.num_groups}; got "
-                         f"{int(bad.sum())} ids outside, e.g. {groups[bad][:5].tolist()}")
+    for name, ids in (("groups", groups), ("groups2", groups2)):
+        bad = (ids < 0) | (ids >= cfg.num_groups) if ids is not None else None
+        if bad is not None and bad.any():
+            raise ValueError(f"{name} must be ids in [0, {cfg.num_groups}) for num_groups = {cfg.num_groups}; got "
+                             f"{int(bad.sum())} ids outside, e.g. {ids[bad][:5].tolist()}")
     b, n, h, d = q.shape
     nv, p = layout.num_video_tokens, layout.prefix
     scale = default_scale(d) if scale is None else float(scale)
@@ -435,7 +479,8 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layou
         per_query[:, glob_rows] = global_keep[frame_of]
     for i in range(b):
         qi, ki, vi = (t[i].transpose(0, 1).double() for t in (q, k, v))  # (H, N, D)
-        masks = {name: m & per_query for name, m in branch_masks(layout, cfg, groups[i]).items()}
+        second = groups2[i] if groups2 is not None else None
+        masks = {name: m & per_query for name, m in branch_masks(layout, cfg, groups[i], second).items()}
         qv = qi[:, p:p + nv]
         if cfg.combine == "union":
             union = masks["global"] | masks["group"]

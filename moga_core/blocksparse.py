@@ -216,13 +216,13 @@ def _indicator(block_of: torch.Tensor, value: torch.Tensor, valid: torch.Tensor,
     return out[:, :-1].view(b, num_blocks, width)
 
 
-def _make_mask_mod(mode, cfg, num_groups, q_ids, k_ids, keep):
+def _make_mask_mod(mode, cfg, num_groups, q_ids, k_ids, keep, q_second=None):
     """The exact per-token rule inside partial blocks (indices in sorted order).
 
     Ids are coded so that each test is one or two comparisons (the mask runs per score, beside the matrix
     products): keys that are not video tokens carry frame and window codes of -1, which no query range holds.
     q: group (-1 pad), frame, window range [lo, hi) over codes ``window·T + frame``; k: group (M global, -2 pad),
-    frame, window code, global index."""
+    frame, window code, global index. ``q_second``: the queries' second groups (-1 pad), or None."""
     qg, qf, qlo, qhi = q_ids
     kg, kf, kw, kgi = k_ids
     m = num_groups
@@ -233,6 +233,8 @@ def _make_mask_mod(mode, cfg, num_groups, q_ids, k_ids, keep):
     def mask_mod(b, h, q_idx, kv_idx):
         gk = kg[b, kv_idx]
         hit = qg[b, q_idx] == gk  # pad queries (-1) and pad keys (-2) never match; global keys are M
+        if q_second is not None:
+            hit = hit | (q_second[b, q_idx] == gk)
         if use_frame:
             hit = hit | (qf[b, q_idx] == kf[b, kv_idx])
         if use_window:
@@ -249,11 +251,17 @@ def _make_mask_mod(mode, cfg, num_groups, q_ids, k_ids, keep):
 
 
 def build_block_plan(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor, mode: str = "union",
-                     global_keep: torch.Tensor | None = None, need_grad: bool = False) -> BlockPlan:
+                     global_keep: torch.Tensor | None = None, need_grad: bool = False,
+                     groups2: torch.Tensor | None = None) -> BlockPlan:
     """Block lists and ids for ``groups`` (B, Nv) int64 in [0, M) on the device (ids are not checked here).
 
     ``global_keep``: None (every video query sees every global token) or (T, Ng) bool per latent frame.
     ``need_grad``: also build the transposed (query-block) lists FlexAttention needs for a backward pass.
+    ``groups2`` (B, Nv): each query's second group (second-group mode): its keys join the query's key set.
+
+    Keys are sorted by (group, temporal group, window, frame); queries by (group, second group, temporal group,
+    window, frame), so that a query block mostly shares both groups and the second group's key blocks can run
+    unmasked too (without ``groups2`` both orders are the same).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -268,11 +276,18 @@ def build_block_plan(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor,
     # sort: (group, temporal group, window, frame, position); the keys are unique, so the order is deterministic
     pos = torch.arange(nv, device=device)
     key = (groups.long() * n_cells + ids.cell[None, :]) * nv + pos[None, :]
-    order = key.argsort(dim=1)  # (B, Nv)
-    inverse = torch.empty_like(order).scatter_(1, order, pos.expand(b, nv))
+    order = key.argsort(dim=1)  # (B, Nv): the keys' order
+    q_order = order
+    if groups2 is not None:
+        q_key = ((groups.long() * m + groups2.long()) * n_cells + ids.cell[None, :]) * nv + pos[None, :]
+        q_order = q_key.argsort(dim=1)
+    inverse = torch.empty_like(q_order).scatter_(1, q_order, pos.expand(b, nv))
     g_sorted = groups.gather(1, order).to(torch.int32)
-    take = lambda t: t[order]  # static per-token ids in sorted order, (B, Nv)
+    gq_sorted = groups.gather(1, q_order).to(torch.int32)
+    take = lambda t: t[order]  # static per-token ids in the keys' sorted order, (B, Nv)
+    take_q = lambda t: t[q_order]  # in the queries' sorted order
     f_sorted, s_sorted = take(ids.frame), take(ids.window)
+    fq_sorted, sq_sorted = take_q(ids.frame), take_q(ids.window)
 
     nq_blocks = math.ceil(nv / BLOCK)
     nk_blocks = math.ceil((nv + ng) / BLOCK)
@@ -284,10 +299,12 @@ def build_block_plan(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor,
         return out
 
     w_code = s_sorted * t_len  # window codes: window·T + frame
-    qg = padded(g_sorted, lq, -1)
-    qf = padded(f_sorted, lq, 0)
-    qlo = padded(w_code + take(ids.lo), lq, 0)
-    qhi = padded(w_code + take(ids.hi), lq, 0)
+    wq_code = sq_sorted * t_len
+    qg = padded(gq_sorted, lq, -1)
+    qg2 = padded(groups2.gather(1, q_order).to(torch.int32), lq, -1) if groups2 is not None else None
+    qf = padded(fq_sorted, lq, 0)
+    qlo = padded(wq_code + take_q(ids.lo), lq, 0)
+    qhi = padded(wq_code + take_q(ids.hi), lq, 0)
     glob_g = torch.full((b, ng), m, dtype=torch.int32, device=device)
     glob_none = torch.full((b, ng), -1, dtype=torch.int32, device=device)
     kg = padded(torch.cat([g_sorted, glob_g], 1), lk, -2)
@@ -310,13 +327,16 @@ def build_block_plan(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor,
     gq = _indicator(q_block, qg.long().clamp_min(0), q_valid, nq_blocks, m, work)  # (B, nQ, M)
     gk = _indicator(k_block, kg.long().clamp(0, m - 1), k_video, nk_blocks, m, work)  # (B, nK, M)
     hit = torch.bmm(gq, gk.transpose(1, 2)) > 0  # (B, nQ, nK)
+    if qg2 is not None:
+        gq2 = _indicator(q_block, qg2.long().clamp_min(0), q_valid, nq_blocks, m, work)
+        hit |= torch.bmm(gq2, gk.transpose(1, 2)) > 0
     if mode == "union" and cfg.frame_branch:
         fq = _indicator(q_block, qf.long(), q_valid, nq_blocks, t_len, work)
         fk = _indicator(k_block, kf.long().clamp_min(0), k_video, nk_blocks, t_len, work)
         hit |= torch.bmm(fq, fk.transpose(1, 2)) > 0
     if mode == "union" and cfg.window is not None:
         q_cell = qg.new_zeros(b, lq, dtype=torch.int64)
-        q_cell[:, :nv] = take(ids.tgroup).long() * s_count + s_sorted.long()
+        q_cell[:, :nv] = take_q(ids.tgroup).long() * s_count + sq_sorted.long()
         wq = _indicator(q_block, q_cell, q_valid, nq_blocks, ids.num_tgroups * s_count, work)
         k_cell = (kf.long() * s_count + kw.long().div(t_len, rounding_mode="floor")).clamp_min(0)
         wk = _indicator(k_block, k_cell, k_video, nk_blocks, t_len * s_count, work)
@@ -327,20 +347,26 @@ def build_block_plan(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor,
         k_glob[nv // BLOCK:(nv + ng - 1) // BLOCK + 1] = True
         hit |= q_valid.view(b, nq_blocks, BLOCK).any(-1)[:, :, None] & k_glob[None, None, :]
 
-    # full: every query of the block in group g and every key of the block a video key of group g
-    q_count = gq.sum(-1)
-    q_single = (q_count == 1) & q_valid.view(b, nq_blocks, BLOCK).all(-1)
+    # full: every key of the block a video key of one group g, and every query of the block sees group g (its
+    # group, or its second group): per query block and group, how many of its queries see that group
+    cover = torch.zeros(b, nq_blocks * m + 1, dtype=torch.int32, device=device)
+    sink = nq_blocks * m
+    ones = torch.ones(b, lq, dtype=torch.int32, device=device)
+    cover.scatter_add_(1, torch.where(q_valid, q_block * m + qg.long().clamp_min(0), sink), ones)
+    if qg2 is not None:  # a second group equal to the first adds nothing (counted once)
+        extra = q_valid & (qg2 != qg)
+        cover.scatter_add_(1, torch.where(extra, q_block * m + qg2.long().clamp_min(0), sink), ones)
+    all_see = cover[:, :-1].view(b, nq_blocks, m) == BLOCK  # (B, nQ, M): every query (none padded) sees g
     k_single = (gk.sum(-1) == 1) & k_video.view(b, nk_blocks, BLOCK).all(-1)
-    q_grp = torch.where(q_single, gq.argmax(-1), -1)
-    k_grp = torch.where(k_single, gk.argmax(-1), -2)
-    full = q_grp[:, :, None] == k_grp[:, None, :]
+    k_grp = gk.argmax(-1)  # (B, nK), meaningful where k_single
+    full = k_single[:, None, :] & all_see.gather(2, k_grp[:, None, :].expand(b, nq_blocks, nk_blocks))
     partial = hit & ~full
 
     partial = partial[:, None]  # (B, 1, nQ, nK): one list for all heads
     full = full[:, None]
     kv_num, kv_idx = _ordered(partial, nk_blocks)
     full_num, full_idx = _ordered(full, nk_blocks)
-    mask_mod = _make_mask_mod(mode, cfg, m, (qg, qf, qlo, qhi), (kg, kf, kw, kgi), keep)
+    mask_mod = _make_mask_mod(mode, cfg, m, (qg, qf, qlo, qhi), (kg, kf, kw, kgi), keep, qg2)
     fa = _flex_module()
     if fa is None:
         raise RuntimeError("this torch has no FlexAttention (torch.nn.attention.flex_attention); use another backend")
@@ -350,9 +376,9 @@ def build_block_plan(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor,
     block_mask = fa.BlockMask.from_kv_blocks(kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=BLOCK,
                                              mask_mod=mask_mod, seq_lengths=(nv, nv + ng), **kwargs)
 
-    q_pos = p + order
+    q_pos = p + q_order
     glob_pos = torch.cat([torch.arange(p, device=device), torch.arange(p + nv, n, device=device)])
-    kv_pos = torch.cat([q_pos, glob_pos[None, :].expand(b, ng)], 1)
+    kv_pos = torch.cat([p + order, glob_pos[None, :].expand(b, ng)], 1)
     return BlockPlan(q_pos, kv_pos, inverse, block_mask, kv_num.sum((1, 2)).long(), full_num.sum((1, 2)).long(),
                      (nv, nv + ng), mask_mod, kv_num, kv_idx, full_num, full_idx)
 
@@ -376,10 +402,11 @@ def relative_cost(partial_blocks: int, full_blocks: int, batch: int, q_len: int,
 
 
 def key_set_pairs(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor,
-                  global_keep: torch.Tensor | None = None) -> int:
+                  global_keep: torch.Tensor | None = None, groups2: torch.Tensor | None = None) -> int:
     """Σ over video queries of their key-set sizes (all samples): |G ∪ W ∪ F ∪ Glob| in union mode,
     |G ∪ Glob| + |W ∪ Glob| + |F ∪ Glob| (the branches present) in mean mode. From per-(group, frame, window)
-    token counts, O(Nv) — no pairs are enumerated. ``global_keep``: None, (Ng,) or (T, Ng) bool."""
+    token counts, O(Nv) — no pairs are enumerated. ``global_keep``: None, (Ng,) or (T, Ng) bool. ``groups2``
+    (B, Nv), union mode: G is the query's group plus its second group."""
     ids = local_ids(layout, cfg, groups.device)
     b, nv = groups.shape
     m, t_len, s_count = cfg.num_groups, ids.num_frames, ids.num_windows
@@ -412,13 +439,29 @@ def key_set_pairs(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor,
             size = size + hw - c.sum(3, keepdim=True)
         if use_w and use_f:
             size = size - cw + c
+        if groups2 is not None:
+            # a second group g2 ≠ g adds |G2| − |G2 ∩ W| − |G2 ∩ F| + |G2 ∩ W ∩ F| keys (G2 is disjoint from G)
+            extra = n_g.expand(b, m, t_len, s_count).clone()
+            if use_w:
+                extra = extra - window_sum(c)
+            if use_f:
+                extra = extra - c.sum(3, keepdim=True)
+            if use_w and use_f:
+                extra = extra + c
+            g2 = groups2.long().clamp(0, m - 1)
+            at = (g2 * t_len + ids.frame.long()[None]) * s_count + ids.window.long()[None]  # (B, Nv) into (M, T, S)
+            per_query = extra.reshape(b, -1).gather(1, at)
+            added = float(torch.where(groups2.long() != groups.long(), per_query, 0.0).sum())
     else:
         size = n_g + glob
         if use_w:
             size = size + window_sum(cw) + glob
         if use_f:
             size = size + hw + glob
-    return int(round(float((c * size).sum())))
+    total = float((c * size).sum())
+    if cfg.combine == "union" and groups2 is not None:
+        total += added
+    return int(round(total))
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -116,6 +116,10 @@ class MogaConfig:
     - ``backend``: ``auto`` picks from what is installed (see ``python -m moga_core info``): ``flex`` = one exact
       block-sparse FlexAttention kernel for the router-dependent keys (CUDA + Triton); ``varlen`` = the
       variable-length paths (what ``auto`` picks without Triton); the others force one varlen kernel.
+    - ``second_group`` (union mode only): each video query also attends to every key of its second group (the
+      router's best-scoring group other than its own, `moga_core.router.second_choice`), each key once; the calls
+      then take ``groups2`` (B, Nv) beside ``groups``. A query whose second group equals its first sees nothing
+      more. The training-free fidelity lever: density rises by about one group's share per query.
     """
 
     num_groups: int = 5
@@ -130,6 +134,7 @@ class MogaConfig:
     balanced: bool = False
     backend: str = "auto"
     capacity: float | None = None
+    second_group: bool = False
 
     def __post_init__(self) -> None:
         m = self.num_groups
@@ -153,6 +158,12 @@ class MogaConfig:
         if self.backend not in BACKENDS:
             raise ValueError(f"MogaConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
         object.__setattr__(self, "frame_branch", bool(self.frame_branch))
+        if not isinstance(self.second_group, bool):
+            raise ValueError(f"MogaConfig.second_group must be a bool, got {self.second_group!r}")
+        if self.second_group and self.combine != "union":
+            # the mean of branches has no place for a second group branch; weights trained with MoGA never saw one
+            raise ValueError(f"MogaConfig.second_group needs combine='union' (exact attention over the union of "
+                             f"key sets), got combine={self.combine!r}")
         capacity = self.capacity
         if self.balanced:
             if capacity is not None and capacity != 1.0:

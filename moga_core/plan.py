@@ -147,15 +147,22 @@ def local_plan(layout: VideoLayout, cfg: MogaConfig) -> LocalPlan:
 
 @dataclass
 class Term:
-    """One segmented problem plus where its query rows go in the (B·Nv, H, D) video output."""
+    """One segmented problem plus where its query rows go in the (B·Nv, H, D) video output.
+
+    ``rows``: set when the term covers only some video queries (``out_index`` then lists those rows, and the others
+    get no keys from it: output 0, log-sum-exp −inf); None when ``out_index`` is a permutation of all rows.
+    """
 
     problem: SegmentedProblem
     out_index: torch.Tensor | None  # (Lq,) video-flat rows; None = identity (already in token order)
     sign: float = 1.0
     _inverse: torch.Tensor | None = None
+    rows: int | None = None
 
     def inverse(self) -> torch.Tensor:
         """The permutation back to token order (computed once; static terms are reused across calls)."""
+        if self.rows is not None:
+            raise RuntimeError("internal: a term over some of the queries has no inverse permutation")
         if self._inverse is None:
             inv = torch.empty_like(self.out_index)
             inv[self.out_index] = torch.arange(self.out_index.numel(), device=inv.device, dtype=inv.dtype)
@@ -226,10 +233,19 @@ def _static_tensor(layout, cfg, name: str, device) -> torch.Tensor:
     return _cached(("tensor", layout, cfg.window, cfg.temporal_group, cfg.neighbor_frames, name, str(device)), build)
 
 
-def group_terms(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor, want: tuple[str, ...]) -> dict[str, Term]:
+GROUP_TERM_SIGNS = {"group": 1.0, "group&window": -1.0, "group&frame": -1.0, "group&window&frame": 1.0}
+
+
+def group_terms(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor, want: tuple[str, ...],
+                groups2: torch.Tensor | None = None) -> dict[str, Term]:
     """Router-dependent problems for ``groups`` (B, Nv) int64 on the device.
 
-    ``want`` may hold ``group`` (+), ``group&window`` (−), ``group&frame`` (−), ``group&window&frame`` (+).
+    ``want`` may hold ``group`` (+), ``group&window`` (−), ``group&frame`` (−), ``group&window&frame`` (+), and
+    the same names with ``group2`` for the second group (``groups2`` (B, Nv)): the queries of segment (sample, X,
+    g) are those whose *second* group is g, its keys those whose group is g (X: nothing, the window block, the frame,
+    the (frame, window) cell). A query whose second group is its first, or whose segment has no keys, is left out of
+    a ``group2`` term (``Term.rows``): in union mode G1 and G2 are then disjoint, so the inclusion–exclusion of
+    (G1 ∪ G2) with W and F is the G1 pieces plus the G2 pieces.
     All their segment sizes come to the host in one transfer (one device sync per call).
     """
     batch, nv = groups.shape
@@ -237,68 +253,104 @@ def group_terms(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor, want
     device = groups.device
     n, p = layout.num_tokens, layout.prefix
     b_ids = torch.arange(batch, device=device, dtype=torch.int64)[:, None]
-    sorts: dict[str, tuple] = {}
+    if any(name.startswith("group2") for name in want) and groups2 is None:
+        raise ValueError(f"group_terms: {want} asks for second-group terms but groups2 is None")
 
     def vid_to_full(idx_vid: torch.Tensor) -> torch.Tensor:
         if n == nv:
             return idx_vid
         return idx_vid + p + (idx_vid // nv) * (n - nv)
 
-    if "group" in want:
-        key = (b_ids * m + groups).reshape(-1)
-        sorts["group"] = (key, batch * m)
-    if "group&frame" in want:
+    # per kind X: the segment key of each token, (sample, X, group) → key; the key tokens' own keys for group&window
+    kinds = {name.replace("group2", "group") for name in want}
+    seg_keys: dict[str, tuple] = {}  # kind -> (key per video token as a function of its group ids, bins)
+    if "group" in kinds:
+        seg_keys["group"] = (lambda g: (b_ids * m + g).reshape(-1), batch * m)
+    if "group&frame" in kinds:
         frame_of = _static_tensor(layout, cfg, "frame_of", device)
         t_len = layout.grid[0]
-        key = ((b_ids * t_len + frame_of[None, :]) * m + groups).reshape(-1)
-        sorts["group&frame"] = (key, batch * t_len * m)
-    if "group&window&frame" in want:
+        seg_keys["group&frame"] = (lambda g: ((b_ids * t_len + frame_of[None, :]) * m + g).reshape(-1),
+                                   batch * t_len * m)
+    if "group&window&frame" in kinds:
         plan = local_plan(layout, cfg)
         frame_of = _static_tensor(layout, cfg, "frame_of", device)
         window_of = _static_tensor(layout, cfg, "window_of", device)
         cells = plan.num_frames * plan.num_windows
-        key = ((b_ids * cells + frame_of[None, :] * plan.num_windows + window_of[None, :]) * m + groups).reshape(-1)
-        sorts["group&window&frame"] = (key, batch * cells * m)
-    if "group&window" in want:
+        seg_keys["group&window&frame"] = (
+            lambda g: ((b_ids * cells + frame_of[None, :] * plan.num_windows + window_of[None, :]) * m + g).reshape(-1),
+            batch * cells * m)
+    k_window = None
+    if "group&window" in kinds:
         plan = local_plan(layout, cfg)
         block_of = _static_tensor(layout, cfg, "block_of", device)
         w_k_index = _static_tensor(layout, cfg, "w_k_index", device)
         w_k_block = _static_tensor(layout, cfg, "w_k_block", device)
-        key = ((b_ids * plan.num_blocks + block_of[None, :]) * m + groups).reshape(-1)
-        sorts["group&window"] = (key, batch * plan.num_blocks * m)
+        bins = batch * plan.num_blocks * m
+        seg_keys["group&window"] = (lambda g: ((b_ids * plan.num_blocks + block_of[None, :]) * m + g).reshape(-1),
+                                    bins)
         k_key = ((b_ids * plan.num_blocks + w_k_block[None, :]) * m + groups[:, w_k_index]).reshape(-1)
         k_rows = (b_ids * nv + w_k_index[None, :]).reshape(-1)  # video-flat rows of the extended keys
-        sorts["group&window:k"] = (k_key, batch * plan.num_blocks * m)
+        k_window = (k_key, k_rows)
 
-    orders, counts = {}, []
-    for name, (key, bins) in sorts.items():
-        orders[name] = torch.argsort(key, stable=True)
-        counts.append(torch.bincount(key, minlength=bins))
-    counts.append(((groups < 0) | (groups >= m)).sum().reshape(1))  # out-of-range ids, read with the sizes
+    # each piece: (query keys, bins, key keys or None = the queries themselves, key rows)
+    sorts: dict[str, tuple] = {}
+    for name in want:
+        kind = name.replace("group2", "group")
+        key_of, bins = seg_keys[kind]
+        own = key_of(groups)
+        if kind == "group&window":
+            k_key, k_rows = k_window
+        else:
+            k_key, k_rows = (own, None) if name != kind else (None, None)
+        if name == kind:
+            sorts[name] = (own, bins, k_key, k_rows)
+            continue
+        # second group: queries keyed by their second group; out (to the sink bin) where it adds nothing
+        q_key = key_of(groups2)
+        has_keys = torch.bincount(k_key, minlength=bins)[q_key.clamp(0, bins - 1)] > 0
+        valid = (groups2 != groups).reshape(-1) & has_keys & (groups2 >= 0).reshape(-1) & (groups2 < m).reshape(-1)
+        sorts[name] = (torch.where(valid, q_key, bins), bins, k_key, k_rows)
+
+    orders, k_orders, counts = {}, {}, []
+    for name, (q_key, bins, k_key, _) in sorts.items():
+        orders[name] = torch.argsort(q_key, stable=True)
+        counts.append(torch.bincount(q_key, minlength=bins + 1)[:bins + 1])  # the last bin: left-out queries
+        if k_key is not None:
+            k_orders[name] = torch.argsort(k_key, stable=True)
+            counts.append(torch.bincount(k_key, minlength=bins))
+    bad_ids = ((groups < 0) | (groups >= m)).sum().reshape(1)
+    if groups2 is not None:
+        bad_ids = bad_ids + ((groups2 < 0) | (groups2 >= m)).sum().reshape(1)
+    counts.append(bad_ids)  # out-of-range ids, read with the sizes
     sizes = [c.numel() for c in counts[:-1]]
     host = torch.cat(counts).cpu().numpy()  # the one sync
     if host[-1]:
         bad = groups[(groups < 0) | (groups >= m)]
+        if groups2 is not None:
+            bad = torch.cat([bad, groups2[(groups2 < 0) | (groups2 >= m)]])
         raise ValueError(
-            f"groups must be ids in [0, {m}) for num_groups = {m}; got {int(host[-1])} ids outside, e.g. "
-            f"{bad[:5].tolist()}"
+            f"groups (and groups2) must be ids in [0, {m}) for num_groups = {m}; got {int(host[-1])} ids outside, "
+            f"e.g. {bad[:5].tolist()}"
         )
-    host_counts, pos = {}, 0
-    for name, size in zip(sorts, sizes):
-        host_counts[name] = host[pos:pos + size]
-        pos += size
+    chunks = iter(np.split(host[:-1], np.cumsum(sizes)[:-1]) if sizes else [])
 
     terms: dict[str, Term] = {}
-    signs = {"group": 1.0, "group&window": -1.0, "group&frame": -1.0, "group&window&frame": 1.0}
-    for name in ("group", "group&frame", "group&window&frame", "group&window"):
-        if name not in sorts:
-            continue
+    for name, (q_key, bins, k_key, k_rows) in sorts.items():
+        q_counts = next(chunks)
+        k_counts = next(chunks) if k_key is not None else None
         order = orders[name]
-        if name == "group&window":
-            k_vid = k_rows[orders["group&window:k"]]
-            prob = make_problem(vid_to_full(order), vid_to_full(k_vid), host_counts[name],
-                                host_counts["group&window:k"], device)
-        else:
-            prob = make_problem(vid_to_full(order), None, host_counts[name], None, device)
-        terms[name] = Term(prob, order, signs[name])
+        kind = name.replace("group2", "group")
+        rows = None
+        if name != kind:  # second group: only the queries it adds keys to (the sink bin sorts last)
+            used = int(q_counts[:bins].sum())
+            if used == 0:
+                continue
+            order = order[:used]
+            rows = batch * nv
+        k_index = None
+        if k_key is not None:
+            k_sorted = k_orders[name]
+            k_index = vid_to_full(k_rows[k_sorted] if k_rows is not None else k_sorted)
+        prob = make_problem(vid_to_full(order), k_index, q_counts[:bins], k_counts, device)
+        terms[name] = Term(prob, order, GROUP_TERM_SIGNS[kind], rows=rows)
     return terms

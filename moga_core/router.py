@@ -105,6 +105,12 @@ class Router(nn.Module):
         groups, gate, _, _ = self.route(x, balanced, capacity)
         return groups, gate
 
+    def route2(self, x: torch.Tensor, capacity: float | None = None):
+        """-> (groups, gate, groups2): `route`'s groups and gate plus each token's second group
+        (`second_choice`), all with x's leading shape. The capacity bound applies to ``groups`` only."""
+        groups, gate, _, logits = self.route(x, capacity=capacity)
+        return groups, gate, second_choice(logits, groups)
+
     @classmethod
     def fit(cls, x: torch.Tensor, num_groups: int, iters: int = 25, seed: int = 0, max_points: int = 65536) -> "Router":
         """k-means (k-means++ init, ``iters`` Lloyd steps, deterministic under ``seed``) → exact linear router.
@@ -232,6 +238,22 @@ def capacity_assignment(logits: torch.Tensor, capacity: float) -> torch.Tensor:
                                                                                          accept.long())
         capacity = capacity - taken.view(b, m + 1)
     return groups.reshape(b, n)
+
+
+def second_choice(logits: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Each token's second group: its best-scoring group other than ``groups`` (its assigned one).
+
+    ``logits`` (…, M), ``groups`` (…) int64 → (…) int64. Not capacity-bounded: it only adds keys to a query's set
+    and moves no token, so group sizes (what the bound protects) do not change. Where capacity moved a token off its
+    argmax, its argmax is its second group. With M = 1 the second group is the first (no extra keys). Ties go to the
+    lower group id.
+    """
+    if logits.shape[:-1] != groups.shape:
+        raise ValueError(f"logits (…, M) and groups (…) disagree: {tuple(logits.shape)} vs {tuple(groups.shape)}")
+    if logits.shape[-1] == 1:
+        return groups.clone()
+    masked = logits.detach().float().scatter(-1, groups.unsqueeze(-1), float("-inf"))
+    return masked.argmax(dim=-1)
 
 
 def balanced_assignment(logits: torch.Tensor) -> torch.Tensor:

@@ -18,11 +18,15 @@ class MoGAApply(io.ComfyNode):
             display_name="MoGA Attention Patch",
             category="MoGA",
             description="Patches a clone of a Wan 2.1/2.2 or HunyuanVideo MODEL so its video self-attention runs "
-                        "Mixture-of-Groups Attention with the given routers. Everything else (cross-attention, "
+                        "Mixture-of-Groups Attention with the given routers, or with routers fitted to each video "
+                        "at the end of the dense warm-up when none is connected. Everything else (cross-attention, "
                         "text refiner, dense steps) runs as before.",
             inputs=[
                 io.Model.Input("model", tooltip="A Wan 2.1/2.2 or HunyuanVideo model."),
-                MogaRouter.Input("router", tooltip="Routers from MoGA Router Loader or MoGA Calibrate Router."),
+                MogaRouter.Input("router", optional=True,
+                                 tooltip="Routers from MoGA Router Loader or MoGA Calibrate Router. Left empty: "
+                                         "routers fitted to each video at the end of the dense warm-up "
+                                         "(auto_groups groups; needs start_percent > 0)."),
                 *option_inputs(),
                 MogaShots.Input("shots", optional=True,
                                 tooltip="A shot plan: local windows break at its cuts for every prompt (the "
@@ -33,7 +37,7 @@ class MoGAApply(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, router, shots=None, **options) -> io.NodeOutput:
+    def execute(cls, model, router=None, shots=None, **options) -> io.NodeOutput:
         patched = model.clone()
         if shots is not None:
             wiring.set_shot_cuts(patched, shots.latent_starts)

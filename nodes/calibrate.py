@@ -8,7 +8,6 @@ block; k-means on each sample gives an exact linear router
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 import comfy.model_management
@@ -20,44 +19,9 @@ from comfy_api.latest import io
 from ..moga_core import Router
 from ..moga_core.routers import RouterSet
 from .adapters import BlockKey, ModelAdapter, adapter_for
+from .auto_routers import RouterInputSample
 from .patcher import BlockPatch, ForwardInfo, install_patch
 from .types import MogaRouter
-
-
-class RouterInputSample:
-    """Per block, a uniform random sample (reservoir, seeded) of up to ``capacity`` router-input rows (CPU fp16)."""
-
-    def __init__(self, capacity: int, seed: int):
-        self.capacity = int(capacity)
-        self.rng = np.random.default_rng(seed)
-        self.buffers: dict[int, torch.Tensor] = {}
-        self.seen: dict[int, int] = {}
-
-    def add(self, index: int, x: torch.Tensor) -> None:
-        flat = x.reshape(-1, x.shape[-1])
-        n, k = flat.shape[0], self.capacity
-        seen = self.seen.get(index, 0)
-        buf = self.buffers.get(index)
-        if buf is None:
-            buf = torch.empty(k, flat.shape[-1], dtype=torch.float16)
-            self.buffers[index] = buf
-        order = self.rng.permutation(n)  # rows in random order, then Algorithm R over them
-        position = seen + np.arange(n)
-        slot = np.where(position < k, position, np.floor(self.rng.random(n) * (position + 1)).astype(np.int64))
-        accept = slot < k
-        rows, slots = order[accept], slot[accept]
-        # a slot written twice keeps the later row, as the sequential algorithm would
-        last = len(slots) - 1 - np.unique(slots[::-1], return_index=True)[1]
-        rows, slots = rows[last], slots[last]
-        if len(rows):
-            picked = flat[torch.from_numpy(rows).to(flat.device)].to(torch.float16).cpu()
-            buf[torch.from_numpy(slots)] = picked
-        self.seen[index] = seen + n
-
-    def sample(self, index: int) -> torch.Tensor | None:
-        if index not in self.buffers:
-            return None
-        return self.buffers[index][: min(self.seen[index], self.capacity)]
 
 
 class CapturePatch(BlockPatch):

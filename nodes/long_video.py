@@ -367,7 +367,9 @@ def _group_map_probe(model, plan: ShotPlan | None):
     patch = wiring.patch_of(model)
     if not isinstance(patch, MogaPatch):
         return None
-    routed = sorted(patch.routers.routers)
+    routed = patch.routed_blocks()
+    if not routed:
+        return None
     frame = plan.latent_starts[1] if plan is not None and plan.num_shots > 1 else None
     probe = GroupMapProbe(routed[len(routed) // 2], frame)
     model.model_options.setdefault("transformer_options", {})[wiring.GROUP_MAP] = probe

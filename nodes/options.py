@@ -44,7 +44,7 @@ class PatchOptions:
     """
 
     def __init__(self, start_percent: float = 0.2, end_percent: float = 1.0, dense_blocks: str = "",
-                 min_tokens: int = 16384, dense_if_slower: bool = True, **config: Any):
+                 min_tokens: int = 16384, dense_if_slower: bool = True, auto_groups: int = 5, **config: Any):
         # start_percent 0.2: a dense warm-up keeps the composition of stock models; min_tokens 16384: shorter
         # sequences stay dense, MoGA pays off on long videos
         unknown = sorted(set(config) - _ATTENTION_FIELDS)
@@ -58,6 +58,10 @@ class PatchOptions:
         self.min_tokens = int(min_tokens)
         # a layer whose groups are too unequal for the sparse kernel to beat dense attention runs densely (union)
         self.dense_if_slower = bool(dense_if_slower)
+        # groups of the routers fitted to each video when no router is given (5: the paper's M for 30 s videos)
+        if isinstance(auto_groups, bool) or not isinstance(auto_groups, int) or auto_groups < 1:
+            raise ValueError(f"auto_groups must be an int >= 1, got {auto_groups!r}")
+        self.auto_groups = auto_groups
         if not (0.0 <= self.start_percent <= 1.0 and 0.0 <= self.end_percent <= 1.0) or \
                 self.end_percent < self.start_percent:
             raise ValueError(f"end_percent ({end_percent}) must not be below start_percent ({start_percent}), and "
@@ -67,7 +71,7 @@ class PatchOptions:
     def __repr__(self) -> str:
         return (f"PatchOptions(start_percent={self.start_percent}, end_percent={self.end_percent}, "
                 f"dense_blocks={self.dense_blocks!r}, min_tokens={self.min_tokens}, "
-                f"dense_if_slower={self.dense_if_slower}, config={self.config})")
+                f"dense_if_slower={self.dense_if_slower}, auto_groups={self.auto_groups}, config={self.config})")
 
     def moga_config(self, num_groups: int, router_combine: str) -> MogaConfig:
         """The attention config for routers of ``num_groups`` groups whose file says ``router_combine``."""
@@ -157,6 +161,14 @@ OPTIONS: list[Option] = [
     Option("dense_if_slower", io.Boolean, field="dense_if_slower", advanced=True,
            tooltip="Union mode: a layer whose groups are so unequal that MoGA would not beat dense attention runs "
                    "densely instead (the run's summary counts it). Off = always sparse (for studies)."),
+    Option("auto_groups", io.Int, field="auto_groups", widget_args={"min": 1, "max": 256},
+           tooltip="With no router connected: routers are fitted to the video being made (k-means on each block's "
+                   "inputs at the last dense step before start_percent; needs start_percent > 0) with this many "
+                   "groups. A connected router wins and this is ignored."),
+    Option("second_group", io.Boolean, field="second_group", advanced=True,
+           tooltip="Union mode: each token also attends to its second-best group (by router score), exactly "
+                   "(each key once). More faithful, denser: about one more group's share of the keys per token. "
+                   "The capacity bound applies to the first group only (the second moves no token)."),
 ]
 
 

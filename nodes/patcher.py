@@ -10,7 +10,8 @@ holder shares, installed by `install_patch` through the model family's adapter:
   gives the holder each block call's arguments before the block runs;
 - ON_PRE_RUN / ON_CLEANUP open and close a run's statistics.
 
-`MogaPatch` routes: its block patch computes the block's router input, routes the video tokens and leaves the
+`MogaPatch` routes (with the given routers, or with routers it fits to each run's video: `auto_routers`): its
+block patch computes the block's router input, routes the video tokens and leaves the
 routing (``wiring.ROUTE``) for the block's self-attention call; its attention override
 (``transformer_options["optimized_attention_override"]``, chained onto the previous one) takes that one call and
 runs `moga_core.moga_attention`; every other call (cross-attention, the token refiner, VACE blocks, dense steps) goes
@@ -38,6 +39,7 @@ from ..moga_core.routers import RouterSet
 
 from . import wiring
 from .adapters import BlockKey, ModelAdapter, adapter_for
+from .auto_routers import AutoRouters
 from .options import PatchOptions
 from .shots import ShotPlan, frame_shots, text_keep_table
 
@@ -59,6 +61,9 @@ def summarize_run(stats: dict | None) -> str:
         parts.append(f"largest group {100 * stats['largest_group_sum'] / sparse:.0f}% of the tokens on average "
                      f"(max {100 * stats['largest_group_max']:.0f}%)")
         parts.append(f"density {stats['density_sum'] / sparse:.3f}")
+    if stats.get("auto_fits"):
+        parts.append(f"auto routers fitted in {stats['auto_fit_s']:.2f} s (inputs sampled in "
+                     f"{stats.get('auto_capture_s', 0.0):.2f} s) at sigma {stats.get('auto_capture_sigma') or 0:.4g}")
     return "; ".join(parts)
 
 
@@ -94,6 +99,7 @@ class ForwardInfo:
     cuts: tuple[int, ...]  # latent-frame shot starts of the whole video
     facts: dict = field(default_factory=dict)  # the adapter's per-forward facts (latent shape, extra tokens)
     plan: ShotPlan | None = None  # the multi-shot plan, when the cond carries per-shot captions
+    capture: str | None = None  # why this call's router inputs are sampled for auto routers (None: they are not)
 
 
 @dataclass
@@ -106,6 +112,7 @@ class Route:
     groups: torch.Tensor  # (B, Nv) int64
     gate: torch.Tensor  # (B, Nv)
     info: ForwardInfo
+    groups2: torch.Tensor | None = None  # (B, Nv) int64: each token's second group (second-group mode)
 
 
 class GroupMapProbe:
@@ -173,6 +180,10 @@ class BlockPatch:
     def sparse_at(self, sigma: float | None) -> bool:
         return True
 
+    def forward_mode(self, sigma: float | None, to: dict) -> tuple[bool, str | None]:
+        """(sparse, capture) of one model call: whether MoGA runs, and why its router inputs are sampled (None)."""
+        return self.sparse_at(sigma), None
+
     # ---- run bookkeeping
     def on_pre_run(self, model_patcher, *rest):
         self.stats = self._new_stats()
@@ -193,7 +204,7 @@ class BlockPatch:
         if to is None:
             return executor(*args, **kwargs)
         sigma = wiring.sigma_of(to)
-        sparse = self.sparse_at(sigma)
+        sparse, capture = self.forward_mode(sigma, to)
         with self._lock:
             self.stats["forwards"] += 1
             self.stats["sparse_forwards"] += int(sparse)
@@ -201,7 +212,7 @@ class BlockPatch:
                 self.stats["sigmas"].append(sigma)
         infos = dict(to.get(wiring.FORWARD) or {})
         infos[id(self)] = ForwardInfo(sparse, wiring.shot_cuts_of(to), self.adapter.forward_info(args, kwargs),
-                                      wiring.shot_plan_of(to))
+                                      wiring.shot_plan_of(to), capture)
         to[wiring.FORWARD] = infos
         current = to.get(wiring.ATTENTION_OVERRIDE)
         if not _is_ours(current, self):  # a node applied later replaced us for this model: go back on top
@@ -251,20 +262,38 @@ class BlockPatch:
 
 
 class MogaPatch(BlockPatch):
-    """The holder of one patched model's MoGA state (options, routers on each device, run statistics)."""
+    """The holder of one patched model's MoGA state (options, routers on each device, run statistics).
 
-    def __init__(self, adapter: ModelAdapter, routers: RouterSet, options: PatchOptions):
+    ``routers`` None: auto routers (`auto_routers.AutoRouters`), ``options.auto_groups`` groups, fitted in each run
+    on the router inputs of its last dense step, for every block that is not in ``dense_blocks``.
+    """
+
+    def __init__(self, adapter: ModelAdapter, routers: RouterSet | None, options: PatchOptions):
         super().__init__(adapter)
         self.routers = routers
         self.options = options
         self.dense_blocks = parse_block_list(options.dense_blocks, adapter.num_blocks)
-        self.cfg = options.moga_config(num_groups=routers.num_groups, router_combine=routers.combine)
+        self.auto = None
+        if routers is None:
+            check_auto_options(options)
+            blocks = {key.index for key in adapter.blocks()} - self.dense_blocks
+            self.auto = AutoRouters(adapter, options.auto_groups, blocks).bind(self.sparse_at)
+            # k-means routers are meant for union (exact attention over the key sets), as calibrated ones are
+            self.cfg = options.moga_config(num_groups=options.auto_groups, router_combine="union")
+        else:
+            self.cfg = options.moga_config(num_groups=routers.num_groups, router_combine=routers.combine)
         self.sigma_start = None  # set per run from the model's model_sampling (ON_PRE_RUN)
         self.sigma_end = None
         self._device_routers: dict = {}
         self._overrides: dict = {}
 
+    def routed_blocks(self) -> list[int]:
+        """Indices of the blocks MoGA routes (auto routers: every block but the dense ones)."""
+        return sorted(self.auto.blocks if self.auto is not None else self.routers.routers)
+
     def takes_block(self, key: BlockKey) -> bool:
+        if self.auto is not None:
+            return key.index in self.auto.blocks
         return key.index in self.routers.routers
 
     # ---- run bookkeeping
@@ -272,7 +301,16 @@ class MogaPatch(BlockPatch):
         model_sampling = model_patcher.get_model_object("model_sampling")
         self.sigma_start = float(model_sampling.percent_to_sigma(self.options.start_percent))
         self.sigma_end = float(model_sampling.percent_to_sigma(self.options.end_percent))
+        if self.auto is not None:
+            self.auto.new_run()  # a new run fits its own routers
         super().on_pre_run(model_patcher, *rest)
+
+    def forward_mode(self, sigma: float | None, to: dict) -> tuple[bool, str | None]:
+        sparse = self.sparse_at(sigma)
+        if self.auto is None:
+            return sparse, None
+        with self._lock:  # the fit happens once, before the run's first sparse call
+            return self.auto.begin_forward(sigma, to, sparse, self.stats)
 
     def on_cleanup(self, model_patcher, *rest):
         if self.stats["forwards"]:
@@ -287,6 +325,10 @@ class MogaPatch(BlockPatch):
 
     # ---- routers on the model's device (one float32 copy per device, shared by every clone of the model)
     def router(self, index: int, device: torch.device):
+        """Block ``index``'s router on ``device``, or None (auto routers: none fitted for this block)."""
+        if self.auto is not None:
+            router = (self.auto.routers or {}).get(index)
+            return router.to(device) if router is not None else None
         per_device = self._device_routers.get(device)
         if per_device is None:
             with self._lock:
@@ -300,6 +342,13 @@ class MogaPatch(BlockPatch):
     def before_block(self, key: BlockKey, args: dict, to: dict, info: ForwardInfo):
         if key.index in self.dense_blocks:
             return self._dense("dense block")
+        if info.capture is not None:  # a step whose router inputs the auto routers are fitted on
+            found = self.video_tokens(key, args, to, info)
+            if found is not None:
+                with torch.no_grad():
+                    self.auto.add(key.index, self.adapter.router_input(key, args, found[1]), self.stats)
+            if info.capture == "forced dense":
+                return self._dense("dense step to fit auto routers")
         if not info.sparse:
             return self._dense("outside start/end percent")
         found = self.video_tokens(key, args, to, info)
@@ -315,11 +364,18 @@ class MogaPatch(BlockPatch):
             return self._dense("bad shot plan")
         with torch.no_grad():
             x_mod = self.adapter.router_input(key, args, span)
-            groups, gate = self.router(key.index, x_mod.device)(x_mod, capacity=self.cfg.capacity)
+            router = self.router(key.index, x_mod.device)
+            if router is None:
+                return self._dense("no auto router (too few video tokens)")
+            groups2 = None
+            if self.cfg.second_group:
+                groups, gate, groups2 = router.route2(x_mod, capacity=self.cfg.capacity)
+            else:
+                groups, gate = router(x_mod, capacity=self.cfg.capacity)
         probe = to.get(wiring.GROUP_MAP)
         if probe is not None and probe.block == key.index:
             probe.record(groups, layout, to, self.cfg.num_groups)
-        return Route(self, key, layout, groups, gate.to(x_mod.dtype), info)
+        return Route(self, key, layout, groups, gate.to(x_mod.dtype), info, groups2)
 
     # ---- attention override
     def override_over(self, previous):
@@ -361,7 +417,7 @@ class MogaPatch(BlockPatch):
         call = {}
         out = moga_attention(q4, k4, v4, layout, self.cfg, route.groups, gate, scale=kwargs.get("scale"),
                              global_keep=global_keep, stats=call,
-                             dense_fallback=self.options.dense_if_slower)
+                             dense_fallback=self.options.dense_if_slower, groups2=route.groups2)
         sizes = call["group_sizes"].double()
         largest = float((sizes.max(1).values / sizes.sum(1)).mean())
         with self._lock:
@@ -493,11 +549,21 @@ def install_patch(model_patcher, holder: BlockPatch) -> BlockPatch:
     return holder
 
 
-def install(model_patcher, routers: RouterSet, options: PatchOptions) -> MogaPatch:
-    """Patch ``model_patcher`` (already a clone) with MoGA in place; returns its holder."""
+def install(model_patcher, routers: RouterSet | None, options: PatchOptions) -> MogaPatch:
+    """Patch ``model_patcher`` (already a clone) with MoGA in place; returns its holder. ``routers`` None: auto
+    routers (fitted to each run's video, see `auto_routers`)."""
     adapter = adapter_for(model_patcher)
-    check_routers(adapter, routers, model_patcher)
+    if routers is not None:
+        check_routers(adapter, routers, model_patcher)
     return install_patch(model_patcher, MogaPatch(adapter, routers, options))
+
+
+def check_auto_options(options: PatchOptions) -> None:
+    """Auto routers are fitted on the last dense step before MoGA starts: there must be one."""
+    if options.start_percent <= 0.0:
+        raise ValueError("auto routers (no router connected) are fitted on the last dense step before MoGA starts, "
+                         "and start_percent is 0, so there is none: set start_percent above 0 (e.g. 0.2) or "
+                         "connect a router (MoGA Router Loader or MoGA Calibrate Router)")
 
 
 def check_routers(adapter: ModelAdapter, routers: RouterSet, model_patcher=None) -> None:

@@ -3,6 +3,7 @@ definition, on CPU: the kernel itself needs CUDA + Triton (tests/core/test_cuda.
 is fixed by the plan, and `emulate_block_attention` computes exactly that in float64."""
 
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from moga_core import MogaConfig, VideoLayout, moga_attention, reference_attenti
 from moga_core.attention import branch_masks
 from moga_core.blocksparse import (BLOCK, block_attention, build_block_plan, emulate_block_attention, heads_per_chunk,
                                    key_set_pairs)
-from moga_core.router import capacity_assignment
+from moga_core.router import capacity_assignment, second_choice
 
 from test_attention import make_inputs, rel_err
 
@@ -57,9 +58,9 @@ def reference_video(q, k, v, layout, cfg, groups, keep, mode):
     return ref[:, layout.prefix:layout.prefix + layout.num_video_tokens]
 
 
-def allowed_mask(layout, cfg, groups_row, keep, mode):
+def allowed_mask(layout, cfg, groups_row, keep, mode, groups2_row=None):
     """(Nv, Nv + Ng) bool in token order (video keys, then prefix and suffix keys): the definition's key sets."""
-    masks = branch_masks(layout, cfg, groups_row)
+    masks = branch_masks(layout, cfg, groups_row, groups2_row)
     p, nv = layout.prefix, layout.num_video_tokens
     union = masks["group"] | masks["global"]
     if mode == "union":
@@ -74,17 +75,15 @@ def allowed_mask(layout, cfg, groups_row, keep, mode):
     return union[:, order]
 
 
-@pytest.mark.parametrize("mode", ["union", "group"])
-@pytest.mark.parametrize("case", LAYOUTS, ids=[f"layout{i}" for i in range(len(LAYOUTS))])
-def test_block_lists_are_exactly_the_blocks_the_key_sets_touch(case, mode):
-    layout, cfg, q, k, v, groups, gate, keep = setup(case, "union", seed=len(case[0]) + case[4])
-    keep_t = per_frame(keep, layout)
-    plan = build_block_plan(layout, cfg, groups, mode, keep_t)
+def check_block_lists(plan, layout, cfg, groups, keep_t, mode, groups2=None):
+    """The plan lists exactly the blocks the definition's key sets touch; its full blocks hold only allowed pairs.
+    Returns the number of full block pairs."""
     nv, lk = plan.seq_lengths
+    p = layout.prefix
     for b in range(groups.shape[0]):
-        mask = allowed_mask(layout, cfg, groups[b], keep_t, mode)  # token order
-        sorted_mask = mask[plan.inverse.argsort()[b]]  # rows in sorted order
-        cols = torch.cat([plan.inverse.argsort()[b], torch.arange(nv, lk)])
+        mask = allowed_mask(layout, cfg, groups[b], keep_t, mode, None if groups2 is None else groups2[b])
+        sorted_mask = mask[plan.q_pos[b] - p]  # rows in the queries' sorted order
+        cols = torch.cat([plan.kv_pos[b, :nv] - p, torch.arange(nv, lk)])  # the keys' sorted order, then globals
         sorted_mask = sorted_mask[:, cols]
         nq, nk = plan.kv_num_blocks.shape[-1], plan.kv_indices.shape[-1]
         padded = torch.zeros(nq * BLOCK, nk * BLOCK, dtype=torch.bool)
@@ -104,9 +103,20 @@ def test_block_lists_are_exactly_the_blocks_the_key_sets_touch(case, mode):
             rows = slice(i * BLOCK, min((i + 1) * BLOCK, nv))
             cols_ = slice(j * BLOCK, min((j + 1) * BLOCK, lk))
             assert sorted_mask[rows, cols_].all()
+    return int(plan.full_blocks.sum())
+
+
+@pytest.mark.parametrize("mode", ["union", "group"])
+@pytest.mark.parametrize("case", LAYOUTS, ids=[f"layout{i}" for i in range(len(LAYOUTS))])
+def test_block_lists_are_exactly_the_blocks_the_key_sets_touch(case, mode):
+    layout, cfg, q, k, v, groups, gate, keep = setup(case, "union", seed=len(case[0]) + case[4])
+    keep_t = per_frame(keep, layout)
+    plan = build_block_plan(layout, cfg, groups, mode, keep_t)
+    assert torch.equal(plan.q_pos, plan.kv_pos[:, :layout.num_video_tokens])  # one order without a second group
+    full_blocks = check_block_lists(plan, layout, cfg, groups, keep_t, mode)
     if case[0] == (8, 16, 16):
-        assert int(plan.full_blocks.sum()) > 0  # the case that exercises the unmasked blocks
-        assert int(plan.full_blocks.sum()) > int(plan.partial_blocks.sum())
+        assert full_blocks > 0  # the case that exercises the unmasked blocks
+        assert full_blocks > int(plan.partial_blocks.sum())
 
 
 @pytest.mark.parametrize("capacity", [None, 1.25])
@@ -227,3 +237,98 @@ def test_a_block_kernel_that_cannot_be_built_falls_back_to_the_varlen_path(monke
     monkeypatch.setattr(attention, "_BLOCK_KERNEL_FAILURE", [])
     with pytest.raises(RuntimeError, match="no working C compiler"):
         moga_attention(q, k, v, layout, MogaConfig(num_groups=3, combine="union", backend="flex"), groups)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# second group: each query also attends to its second group's keys
+
+
+def second_setup(case, seed, capacity=None, same_share=0.15):
+    """The `setup` inputs in second-group mode: groups and second groups from random router logits (capacity-
+    bounded when asked); a share of queries get a second group equal to their first (which adds nothing)."""
+    layout, cfg, q, k, v, _, _, keep = setup(case, "union", seed)
+    cfg = MogaConfig(**{**cfg.__dict__, "second_group": True})
+    b, nv, m = q.shape[0], layout.num_video_tokens, cfg.num_groups
+    gen = torch.Generator().manual_seed(seed + 5)
+    if case[0] == (8, 16, 16):  # large groups, few second groups: blocks of queries that share both groups
+        logits = torch.randn(b, nv, m, generator=gen) * 0.1
+        logits[..., 0] += 2.0 * (torch.arange(nv) % 512 < 256)
+    else:
+        logits = torch.randn(b, nv, m, generator=gen)
+    groups = logits.argmax(-1) if capacity is None else capacity_assignment(logits, capacity)
+    groups2 = second_choice(logits, groups)
+    same = torch.rand(b, nv, generator=gen) < same_share
+    groups2 = torch.where(same, groups, groups2)
+    return layout, cfg, q, k, v, groups, groups2, keep
+
+
+@pytest.mark.parametrize("mode", ["union", "group"])
+@pytest.mark.parametrize("case", LAYOUTS, ids=[f"layout{i}" for i in range(len(LAYOUTS))])
+def test_second_group_block_lists_are_exactly_the_blocks_the_key_sets_touch(case, mode):
+    layout, cfg, q, k, v, groups, groups2, keep = second_setup(case, seed=11 + case[4])
+    keep_t = per_frame(keep, layout)
+    plan = build_block_plan(layout, cfg, groups, mode, keep_t, groups2=groups2)
+    full_blocks = check_block_lists(plan, layout, cfg, groups, keep_t, mode, groups2)
+    if case[0] == (8, 16, 16):
+        assert full_blocks > 0  # full blocks survive the second group (queries sorted by both groups)
+
+
+@pytest.mark.parametrize("capacity", [None, 1.25])
+@pytest.mark.parametrize("mode", ["union", "group"])
+@pytest.mark.parametrize("case", LAYOUTS, ids=[f"layout{i}" for i in range(len(LAYOUTS))])
+def test_second_group_kernel_computes_the_reference(case, mode, capacity):
+    layout, cfg, q, k, v, groups, groups2, keep = second_setup(case, seed=3 + case[4], capacity=capacity)
+    keep_t = per_frame(keep, layout)
+    plan = build_block_plan(layout, cfg, groups, mode, keep_t, groups2=groups2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if mode == "group":
+            gcfg = MogaConfig(num_groups=cfg.num_groups, window=None, frame_branch=False, second_group=True)
+            ref = reference_attention(q.double(), k.double(), v.double(), layout, gcfg, groups, global_keep=keep,
+                                      groups2=groups2)[:, layout.prefix:layout.prefix + layout.num_video_tokens]
+        else:
+            ref = reference_attention(q.double(), k.double(), v.double(), layout, cfg, groups, global_keep=keep,
+                                      groups2=groups2)[:, layout.prefix:layout.prefix + layout.num_video_tokens]
+        emulated = emulate_block_attention(q, k, v, plan, 16 ** -0.5)
+    assert rel_err(emulated, ref) <= 1e-10
+    # the second group changes the answer (except with one group, where it is the first)
+    if cfg.num_groups > 1:
+        first_only = reference_video(q, k, v, layout, replace(cfg, second_group=False), groups, keep, mode)
+        assert rel_err(first_only, ref) > 1e-3
+    if layout.num_tokens <= 600:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            eager = block_attention(q, k, v, plan, 16 ** -0.5, compiled=False)
+        assert rel_err(eager, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("capacity", [None, 1.25])
+@pytest.mark.parametrize("case", LAYOUTS, ids=[f"layout{i}" for i in range(len(LAYOUTS))])
+def test_second_group_varlen_path_equals_the_reference(case, capacity):
+    layout, cfg, q, k, v, groups, groups2, keep = second_setup(case, seed=5 + case[4], capacity=capacity)
+    stats = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = moga_attention(q, k, v, layout, cfg, groups, global_keep=keep, groups2=groups2, stats=stats)
+        ref = reference_attention(q, k, v, layout, cfg, groups, global_keep=keep, groups2=groups2)
+    assert stats["path"] == "sparse" and stats["backend"] == "auto"
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) <= 1e-5
+    keep_t = per_frame(keep, layout)
+    pairs = sum(int(allowed_mask(layout, cfg, groups[b], keep_t, "union", groups2[b]).sum())
+                for b in range(groups.shape[0]))
+    assert key_set_pairs(layout, cfg, groups, keep, groups2) == pairs
+
+
+def test_second_group_inputs_are_checked():
+    layout, cfg, q, k, v, groups, groups2, keep = second_setup(LAYOUTS[0], seed=0)
+    with pytest.raises(ValueError, match="groups2 .* is required"):
+        moga_attention(q, k, v, layout, cfg, groups)
+    with pytest.raises(ValueError, match="second_group is False"):
+        moga_attention(q, k, v, layout, replace(cfg, second_group=False), groups, groups2=groups2)
+    with pytest.raises(ValueError, match=r"groups2 must be \(B, Nv\)"):
+        moga_attention(q, k, v, layout, cfg, groups, groups2=groups2[:, :5])
+    with pytest.raises(ValueError, match="ids in"):
+        moga_attention(q, k, v, layout, cfg, groups, groups2=groups2 + cfg.num_groups)
+    with pytest.raises(ValueError, match="combine='union'"):
+        MogaConfig(num_groups=3, combine="mean", second_group=True)

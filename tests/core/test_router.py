@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from moga_core import Router, balance_loss, balanced_assignment, kmeans
+from moga_core.router import capacity_assignment
 
 
 def blobs(n_per=40, k=5, c=16, seed=0):
@@ -110,3 +111,30 @@ def test_balance_loss_gradient_pushes_towards_balance():
 def test_router_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call(Router(8, 3))
+
+
+def test_second_choice_is_the_best_other_group():
+    from moga_core.router import second_choice
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 300, 5, generator=gen)
+    top2 = logits.topk(2, dim=-1).indices
+    # plain top-1: the second group is the runner-up by logit
+    assert torch.equal(second_choice(logits, logits.argmax(-1)), top2[..., 1])
+    # capacity-bounded groups: the best group other than the assigned one (the argmax for a moved token)
+    bounded = capacity_assignment(logits, 1.0)
+    second = second_choice(logits, bounded)
+    moved = bounded != top2[..., 0]
+    assert moved.any() and torch.equal(second[moved], top2[..., 0][moved])
+    assert torch.equal(second[~moved], top2[..., 1][~moved])
+    assert not (second == bounded).any()
+    # one group: the second group is the first
+    one = torch.zeros(2, 7, 1)
+    assert torch.equal(second_choice(one, torch.zeros(2, 7, dtype=torch.long)), torch.zeros(2, 7, dtype=torch.long))
+    router = Router(8, 4)
+    x = torch.randn(3, 10, 8, generator=gen)
+    groups, gate, groups2 = router.route2(x, capacity=1.0)
+    _, _, _, logits = router.route(x, capacity=1.0)
+    assert torch.equal(groups2, second_choice(logits, groups))
+    with pytest.raises(ValueError, match="disagree"):
+        second_choice(logits, groups[:, :5])

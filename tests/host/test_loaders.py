@@ -15,7 +15,7 @@ pytestmark = pytest.mark.host
 OPTIONS = dict(combine="router default", windows_h=2, windows_w=2, temporal_group=2, neighbor_frames=1,
                frame_branch=True, balanced=False, start_percent=0.0, end_percent=1.0, dense_blocks="",
                min_tokens=0, backend="auto", capacity=1.25,
-               dense_if_slower=False)
+               dense_if_slower=False, auto_groups=5, second_group=False)
 
 
 def sample(model, steps=3, seed=0):
@@ -70,6 +70,19 @@ def test_model_without_routers_needs_a_router_file(moga, models_dir):
     with pytest.raises(ValueError, match="has no router weights; choose a router file"):
         moga.NODES["MoGALoadModel"].execute(unet_name="plain.safetensors", weight_dtype="default",
                                             router_name="(routers inside the model file)", **OPTIONS)
+
+
+def test_model_loader_can_fit_routers_to_each_video(moga, models_dir):
+    save_file(tm.wan_state_dict(), str(models_dir / "diffusion_models" / "plain.safetensors"))
+    auto = moga.load_model.AUTO_ROUTERS
+    assert moga.NODES["MoGALoadModel"].validate_inputs(router_name=auto) is True
+    model, routers = moga.NODES["MoGALoadModel"].execute(unet_name="plain.safetensors", weight_dtype="default",
+                                                         router_name=auto,
+                                                         **dict(OPTIONS, start_percent=0.5, auto_groups=3)).args
+    patch = moga.wiring.patch_of(model)
+    assert routers is None and patch.auto is not None and patch.cfg.num_groups == 3
+    sample(model)
+    assert patch.last_run_stats["auto_fits"] == 1 and sum(patch.last_run_stats["sparse_calls"].values()) > 0
 
 
 def test_router_loader_splits_a_full_checkpoint(moga, models_dir):

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.host
 # saved workflows store widget values by position: these ids, in this order, must never change
 OPTION_IDS = ["combine", "windows_h", "windows_w", "temporal_group", "neighbor_frames", "frame_branch", "balanced",
               "start_percent", "end_percent", "dense_blocks", "min_tokens", "backend", "capacity",
-              "dense_if_slower"]
+              "dense_if_slower", "auto_groups", "second_group"]
 
 
 @pytest.fixture(scope="module")
@@ -35,18 +35,21 @@ def test_option_ids_and_order_are_stable(moga):
 def test_the_default_view_of_moga_apply_shows_what_a_user_decides(moga):
     inputs, _ = schema_inputs(moga.NODES["MoGAApply"])
     shown = {name for name, spec in inputs.items() if not (len(spec) > 1 and spec[1].get("advanced"))}
-    assert shown == {"model", "router", "combine", "start_percent", "end_percent", "dense_blocks", "shots"}
+    assert shown == {"model", "router", "combine", "start_percent", "end_percent", "dense_blocks", "auto_groups",
+                     "shots"}
+    assert "router" in moga.NODES["MoGAApply"].GET_NODE_INFO_V1()["input"]["optional"]  # empty: auto routers
 
 
 def test_defaults_come_from_moga_config_and_patch_options(moga, options):
     inputs, _ = schema_inputs(moga.NODES["MoGAApply"])
     config = moga.core.MogaConfig()
     assert (inputs["windows_h"][1]["default"], inputs["windows_w"][1]["default"]) == config.window
-    for name in ("temporal_group", "neighbor_frames", "frame_branch", "balanced", "backend"):
+    for name in ("temporal_group", "neighbor_frames", "frame_branch", "balanced", "backend", "second_group"):
         assert inputs[name][1]["default"] == getattr(config, name), name
     patch = options.PatchOptions()
     assert inputs["start_percent"][1]["default"] == patch.start_percent == 0.2
     assert inputs["min_tokens"][1]["default"] == patch.min_tokens
+    assert inputs["auto_groups"][1]["default"] == patch.auto_groups == 5
     assert inputs["combine"][1]["options"] == ["router default", *moga.core.config.COMBINE_MODES]
     assert inputs["backend"][1]["options"] == list(moga.core.config.BACKENDS)
 

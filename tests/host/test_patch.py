@@ -341,7 +341,7 @@ def test_unsupported_family_is_a_clear_error(moga):
         apply.execute(model=model, router=routers, combine="union", windows_h=2, windows_w=2, temporal_group=10,
                       neighbor_frames=2, frame_branch=True, balanced=False, start_percent=0.0, end_percent=1.0,
                       dense_blocks="", min_tokens=0, backend="auto", capacity=1.25,
-                      dense_if_slower=False)
+                      dense_if_slower=False, auto_groups=5, second_group=False)
 
 
 @pytest.mark.parametrize("text, message", [("0,x", "cannot read 'x'"), ("5", "block 5 does not exist"),
@@ -358,7 +358,7 @@ def test_option_validation(moga):
     options = import_module(f"{moga.name}.nodes.options")
     base = dict(combine="union", windows_h=2, windows_w=2, temporal_group=10, neighbor_frames=2, frame_branch=True,
                 balanced=False, start_percent=0.5, end_percent=0.2, dense_blocks="", min_tokens=0, backend="auto",
-                capacity=1.25, dense_if_slower=True)
+                capacity=1.25, dense_if_slower=True, auto_groups=5, second_group=False)
     with pytest.raises(ValueError, match=r"end_percent \(0.2\) must not be below start_percent \(0.5\)"):
         options.options_from_inputs(**base)
     with pytest.raises(ValueError, match="windows_h and windows_w must both be 0"):
