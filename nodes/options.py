@@ -87,7 +87,8 @@ class Option:
 
     ``field``: the `MogaConfig` (or `PatchOptions`) field it sets; ``part``: which entry of a tuple field (the window
     counts); ``to_field``: node value -> field value (e.g. 0 -> None); ``default``: the node's default when the field's
-    own cannot be shown as is (None: the field's default).
+    own cannot be shown as is (None: the field's default); ``optional``: an input added after the first release —
+    optional, so that API-format prompts saved before it still run (a missing value takes the default).
     """
 
     id: str
@@ -99,6 +100,7 @@ class Option:
     default: Any = None
     to_field: Callable[[Any], Any] | None = None
     widget_args: dict = dataclasses.field(default_factory=dict)
+    optional: bool = False
 
     def default_value(self) -> Any:
         if self.default is not None:
@@ -109,7 +111,7 @@ class Option:
 
     def input(self) -> io.Input:
         return self.widget.Input(self.id, default=self.default_value(), tooltip=self.tooltip,
-                                 advanced=self.advanced or None, **self.widget_args)
+                                 advanced=self.advanced or None, optional=self.optional, **self.widget_args)
 
 
 # the defaults of the when-and-where options are PatchOptions'
@@ -153,19 +155,20 @@ OPTIONS: list[Option] = [
     Option("backend", io.Combo, field="backend", advanced=True, widget_args={"options": list(BACKENDS)},
            tooltip="Attention kernel for the grouped calls; 'auto' picks the fastest installed: 'flex' (one exact "
                    "block-sparse kernel, CUDA with Triton), else 'varlen' (see `python -m moga_core info`)."),
-    Option("capacity", io.Float, field="capacity", default=PACK_DEFAULTS["capacity"], advanced=True,
+    # added after the first release: optional inputs (see Option.optional)
+    Option("capacity", io.Float, field="capacity", default=PACK_DEFAULTS["capacity"], advanced=True, optional=True,
            to_field=lambda v: None if v == 0 else v, widget_args={"min": 0.0, "max": 64.0, "step": 0.05},
            tooltip="No group takes more than capacity x (tokens / groups) tokens; a token over the bound goes to "
                    "its best group with room. Keeps a router that does not fit the video (one group for most "
                    "tokens) from making MoGA slower than dense. 1 = equal groups; 0 = no bound."),
-    Option("dense_if_slower", io.Boolean, field="dense_if_slower", advanced=True,
+    Option("dense_if_slower", io.Boolean, field="dense_if_slower", advanced=True, optional=True,
            tooltip="Union mode: a layer whose groups are so unequal that MoGA would not beat dense attention runs "
                    "densely instead (the run's summary counts it). Off = always sparse (for studies)."),
-    Option("auto_groups", io.Int, field="auto_groups", widget_args={"min": 1, "max": 256},
+    Option("auto_groups", io.Int, field="auto_groups", optional=True, widget_args={"min": 1, "max": 256},
            tooltip="With no router connected: routers are fitted to the video being made (k-means on each block's "
                    "inputs at the last dense step before start_percent; needs start_percent > 0) with this many "
                    "groups. A connected router wins and this is ignored."),
-    Option("second_group", io.Boolean, field="second_group", advanced=True,
+    Option("second_group", io.Boolean, field="second_group", advanced=True, optional=True,
            tooltip="Union mode: each token also attends to its second-best group (by router score), exactly "
                    "(each key once). More faithful, denser: about one more group's share of the keys per token. "
                    "The capacity bound applies to the first group only (the second moves no token)."),
@@ -180,13 +183,15 @@ def option_inputs() -> list[io.Input]:
 def options_from_inputs(**values: Any) -> PatchOptions:
     """The node's option values (keyword per input id) -> `PatchOptions`; a bad value raises a `ValueError` that
     names the input."""
-    missing = sorted({o.id for o in OPTIONS} - set(values))
+    missing = sorted({o.id for o in OPTIONS if not o.optional} - set(values))
     unknown = sorted(set(values) - {o.id for o in OPTIONS})
     if missing or unknown:
         raise ValueError(f"options: missing {missing}, unknown {unknown}")
     fields: dict[str, Any] = {}
     for option in OPTIONS:
-        value = values[option.id]
+        value = values.get(option.id)
+        if value is None:  # an optional input a prompt saved before it existed does not carry
+            value = option.default_value()
         if option.widget is io.Combo and value not in option.widget_args["options"]:
             raise ValueError(f"{option.id} must be one of {option.widget_args['options']}, got {value!r}")
         if option.to_field is not None:

@@ -25,11 +25,28 @@ def schema_inputs(node_class) -> dict:
     return {**info["input"].get("required", {}), **info["input"].get("optional", {})}, info["input_order"]
 
 
+# added after the first release: optional, so that API-format prompts saved before them still run
+LATER_IDS = ["capacity", "dense_if_slower", "auto_groups", "second_group"]
+
+
 def test_option_ids_and_order_are_stable(moga):
     for node_id in ("MoGAApply", "MoGALoadModel"):
         _, order = schema_inputs(moga.NODES[node_id])
-        names = order["required"]
+        # the frontend lays widgets out required first, then optional: the positions of saved widget values
+        names = order["required"] + order.get("optional", [])
         assert [n for n in names if n in OPTION_IDS] == OPTION_IDS, node_id
+        assert [n for n in order.get("optional", []) if n in OPTION_IDS] == LATER_IDS, node_id
+
+
+def test_a_prompt_saved_before_the_later_options_still_runs(moga, options):
+    """An API-format prompt from before `capacity` & co. carries none of them: the node takes their defaults."""
+    values = {o.id: o.default_value() for o in options.OPTIONS if o.id not in LATER_IDS}
+    patch = options.options_from_inputs(**values)
+    full = options.options_from_inputs(**{o.id: o.default_value() for o in options.OPTIONS})
+    assert patch.moga_config(3, "union") == full.moga_config(3, "union")
+    assert (patch.dense_if_slower, patch.auto_groups) == (full.dense_if_slower, full.auto_groups)
+    with pytest.raises(ValueError, match=r"missing \['backend'\]"):
+        options.options_from_inputs(**{k: v for k, v in values.items() if k != "backend"})
 
 
 def test_the_default_view_of_moga_apply_shows_what_a_user_decides(moga):
