@@ -375,7 +375,7 @@ class AttentionController:
         stats: dict = {}
         out = moga_attention(q4, k4, v4, layout, cfg, groups=groups,
                              gate=gate if cfg.combine == "mean" else None, stats=stats)
-        return out, stats["density"], groups, cfg
+        return out, stats["work_density"], groups, cfg  # scores computed (QUALITY.md: scores/N²)
 
 
 # ---------------------------------------------------------------------------------------------------------------
