@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from dataclasses import replace
@@ -25,22 +24,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from moga_core import MogaConfig, Router, VideoLayout, moga_attention  # noqa: E402
+from moga_core import MogaConfig, Router, moga_attention  # noqa: E402
 from moga_core.bench import time_call  # noqa: E402
 import moga_core.blocksparse as blocksparse  # noqa: E402
 from moga_core.blocksparse import BLOCK, _flex_module, build_block_plan, run_flex  # noqa: E402
-from moga_core.synthetic import even_shots, grid_for_tokens, structured_video_tokens, synthetic_qkv  # noqa: E402
+from moga_core.synthetic import structured_video_qkv  # noqa: E402
 
 
 def make_point(tokens, heads, head_dim, seed=0):
-    grid = grid_for_tokens(tokens)
-    layout = VideoLayout(grid=grid, shots=even_shots(grid[0], 3))
-    x, _ = structured_video_tokens(layout, channels=256, seed=seed, device="cuda")
-    gen = torch.Generator(device="cpu").manual_seed(seed + 7)
-    lift = torch.randn(256, heads * head_dim, generator=gen).cuda() / 16.0
-    x = x @ lift
-    q, k, v = synthetic_qkv(x, heads, head_dim, seed=seed + 1)
-    return layout, x.bfloat16(), q.bfloat16(), k.bfloat16(), v.bfloat16()
+    return structured_video_qkv(tokens, heads, head_dim, seed=seed, device="cuda", dtype=torch.bfloat16)
 
 
 def cudnn_dense(q, k, v):

@@ -19,8 +19,8 @@ import warnings
 
 import torch
 
-from .backends import default_scale, lse_dtype, sdpa_with_lse, segmented_attention
-from .blocksparse import BLOCK, block_attention, build_block_plan, flex_available, key_set_pairs, relative_cost
+from .backends import default_scale, flex_available, lse_dtype, sdpa_with_lse, segmented_attention
+from .blocksparse import BLOCK, block_attention, build_block_plan, key_set_pairs, relative_cost
 from .config import MogaConfig, VideoLayout, check_config_for_layout
 from .plan import Term, group_terms, static_terms, temporal_groups, window_of_rows_cols
 

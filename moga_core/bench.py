@@ -24,9 +24,9 @@ import torch
 
 from .attention import moga_attention
 from .backends import available_backends
-from .config import BACKENDS, MogaConfig, VideoLayout
+from .config import BACKENDS, MogaConfig
 from .router import Router
-from .synthetic import even_shots, grid_for_tokens, structured_video_tokens, synthetic_qkv
+from .synthetic import structured_video_qkv
 
 COLUMNS = """output columns:
   variant           dense SDPA (the kernel named), or MoGA in a mode: mean / union = how branches combine,
@@ -102,16 +102,7 @@ def run_bench(tokens: int = 32760, heads: int = 12, head_dim: int = 128, groups:
     dt = DTYPES[dtype]
     if dev.type == "cpu" and dt != torch.float32:
         dt = torch.float32  # CPU bf16 attention is slow and not what anyone runs; time float32 there
-    grid = grid_for_tokens(tokens)
-    layout = VideoLayout(grid=grid, shots=even_shots(grid[0], shots))
-    channels = heads * head_dim
-    x, _ = structured_video_tokens(layout, channels=min(channels, 256), seed=seed, device=dev)
-    if channels > x.shape[-1]:  # widen to the model width without changing the structure
-        gen = torch.Generator(device="cpu").manual_seed(seed + 7)
-        lift = torch.randn(x.shape[-1], channels, generator=gen).to(dev) / x.shape[-1] ** 0.5
-        x = x @ lift
-    q, k, v = synthetic_qkv(x, heads, head_dim, seed=seed + 1)
-    q, k, v, x = (t.to(dt) for t in (q, k, v, x))
+    layout, x, q, k, v = structured_video_qkv(tokens, heads, head_dim, shots, seed, dev, dt)
     router = Router.fit(x.float(), groups, seed=seed).to(dev)
     flops_dense = 4.0 * heads * head_dim * layout.num_tokens ** 2
 
@@ -180,7 +171,7 @@ def run_bench(tokens: int = 32760, heads: int = 12, head_dim: int = 128, groups:
             torch.cuda.empty_cache()
     return {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "torch": torch.__version__, "tokens": layout.num_tokens, "grid": grid, "shots": layout.shots,
+        "torch": torch.__version__, "tokens": layout.num_tokens, "grid": layout.grid, "shots": layout.shots,
         "heads": heads, "head_dim": head_dim, "groups": groups, "dtype": str(dt).replace("torch.", ""),
         "dense_kernel": dense_name, "backends": available_backends(), "rows": rows,
     }

@@ -28,7 +28,6 @@ from functools import lru_cache
 
 import torch
 
-from .backends import flex_available  # noqa: F401  (re-exported: where the kernel is described)
 from .config import MogaConfig, VideoLayout
 from .plan import local_plan, temporal_groups
 
