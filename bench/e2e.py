@@ -2,7 +2,8 @@
 MoGALongVideoSampler, MoGA-patched vs unpatched, with step time and peak GPU memory.
 
     COMFYUI_PATH=/path/to/ComfyUI python bench/e2e.py --out results/e2e.json \
-        [--cases 1.3b:187200,1.3b:580320,...] [--routers calibrated,skewed] [--capacity 1.25]
+        [--cases 1.3b:187200,1.3b:580320,...] [--routers calibrated,skewed,auto,calibrated+second]
+        [--capacity 1.25] [--free-gib 23] [--profile step_profile.txt]
 
 The model is ComfyUI's own WanModel class with the Wan 2.1 1.3B (or 14B) shapes and random weights, loaded through
 comfy.sd.load_diffusion_model_state_dict; conditioning is random UMT5-shaped (1, 512, 4096) text for both prompts
@@ -12,7 +13,12 @@ Routers, as users get them:
 - ``calibrated``: the pack's own calibration (`nodes.calibrate.calibrate`, what MoGACalibrateRouter runs): k-means on
   the model's router inputs of a short dense pass over a 33-frame latent of the same frame size;
 - ``skewed``: random linear routers — groups as unequal as a router that does not fit the video gives;
-- ``balanced``: random routers with capacity 1.0 (the old fast setting).
+- ``balanced``: random routers with capacity 1.0 (the old fast setting);
+- ``auto``: no router file — routers fitted to this video (`nodes.auto_routers`): two sampler steps, the first dense
+  (its router inputs are sampled), the fit, then one sparse step; reported: the fit's cost and the sparse step (the
+  two steps' time minus the dense step's);
+- any of them with ``+second`` (``calibrated+second``): the second group on (each query also sees its second-best
+  group).
 The patch uses the node's defaults (combine union, capacity, local branches) except ``start_percent = 0`` so that
 the one timed step is sparse; the 30-step projection applies the default dense warm-up (start_percent 0.2, i.e.
 the first 6 of 30 steps dense). Each MoGA case is run twice: cold (the first call at this length, kernel
@@ -32,6 +38,8 @@ import time
 import torch
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, PACK_ROOT)
+from moga_core.bench import profile_table  # noqa: E402  (the pack's own stages are named moga.* there)
 SHAPES = {  # dim, ffn, layers (heads = dim // 128)
     "tiny": (256, 512, 2),  # a CPU smoke test of this script
     "1.3b": (1536, 8960, 30),
@@ -61,7 +69,7 @@ def init_comfyui(path: str):
     assert asyncio.run(nodes.load_custom_node(link)), "the pack did not load"
     name = link.replace(".", "_x_")
     return {sub: importlib.import_module(f"{name}.{sub}") for sub in
-            ("moga_core", "moga_core.routers", "nodes.patcher", "nodes.long_video")}
+            ("moga_core", "moga_core.routers", "nodes.patcher", "nodes.long_video", "nodes.wiring")}
 
 
 def random_wan(shape: str, seed: int = 0):
@@ -90,6 +98,23 @@ def random_wan(shape: str, seed: int = 0):
     return comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": dtype})
 
 
+HELD_BYTES = 0  # memory held by --free-gib (not the run's), taken off every reported peak
+
+
+def hold_all_but(free_gib: float) -> torch.Tensor:
+    """Allocate what the GPU has free beyond ``free_gib`` GiB (a 24 GB card has ~23 GiB free for ComfyUI)."""
+    global HELD_BYTES
+    torch.cuda.init()
+    free, _ = torch.cuda.mem_get_info()
+    size = int(free - free_gib * 2 ** 30)
+    if size <= 0:
+        raise SystemExit(f"--free-gib {free_gib}: this GPU has only {free / 2 ** 30:.1f} GiB free")
+    held = torch.empty(size, dtype=torch.uint8, device="cuda")
+    HELD_BYTES = size
+    print(f"holding {size / 2 ** 30:.1f} GiB: {torch.cuda.mem_get_info()[0] / 2 ** 30:.1f} GiB left free", flush=True)
+    return held
+
+
 def timed(fn):
     if not CUDA:
         t0 = time.perf_counter()
@@ -99,7 +124,7 @@ def timed(fn):
     t0 = time.perf_counter()
     out = fn()
     torch.cuda.synchronize()
-    return out, time.perf_counter() - t0, torch.cuda.max_memory_allocated() / 2 ** 30
+    return out, time.perf_counter() - t0, (torch.cuda.max_memory_allocated() - HELD_BYTES) / 2 ** 30
 
 
 def main():
@@ -113,7 +138,15 @@ def main():
     p.add_argument("--capacity", default="1.25", help="routing capacity ('none' = unbounded groups)")
     p.add_argument("--warmup-steps", type=float, default=0.2,
                    help="the dense warm-up (start_percent) of the 30-step projection")
+    p.add_argument("--free-gib", type=float, default=0.0,
+                   help="emulate a smaller card: hold all but this much free GPU memory before the model loads, so "
+                        "ComfyUI plans its batches (cond/uncond together or apart) and its weight loading for that "
+                        "card, and a run that needs more fails with out of memory; peaks are reported without the "
+                        "held memory")
+    p.add_argument("--profile", default="",
+                   help="file for a torch.profiler table of one more warm MoGA step of the first router kind")
     args = p.parse_args()
+    held = hold_all_but(args.free_gib) if args.free_gib > 0 and CUDA else None
     mods = init_comfyui(os.environ["COMFYUI_PATH"])
     core, routers_mod, patcher, long_video = (mods[k] for k in ("moga_core", "moga_core.routers", "nodes.patcher",
                                                                 "nodes.long_video"))
@@ -123,6 +156,7 @@ def main():
     neg = [[torch.randn(1, 512, 4096, generator=gen), {}]]
     results = []
     models = {}
+    profiled = False
     calibrate = importlib.import_module(mods["nodes.patcher"].__name__.rsplit(".", 1)[0] + ".calibrate").calibrate
     capacity = None if args.capacity == "none" else float(args.capacity)
     for case in args.cases.split(","):
@@ -156,49 +190,74 @@ def main():
             print(f"{shape} N={tokens} dense: {seconds:.2f} s/step, peak {peak} GiB", flush=True)
         for kind in args.routers.split(","):
             row = dict(base, routers=kind, capacity=1.0 if kind == "balanced" else capacity, **(dense or {}))
-            if kind == "calibrated":
+            if held is not None:
+                row["emulated_free_gib"] = args.free_gib
+            second = kind.endswith("+second")
+            kind = kind.removesuffix("+second")
+            steps, start = 1, 0.0
+            if kind == "auto":
+                # auto routers are fitted on the last dense step: two steps, the first dense (start_percent 0.5)
+                rs, steps, start = None, 2, 0.5
+            elif kind == "calibrated":
                 latent = {"samples": torch.zeros(1, 16, 9, size["height"] // 8, size["width"] // 8)}
                 t0 = time.time()
                 rs = calibrate(model, pos, neg, latent, 2, 5.0, "euler", "simple", 0, groups)
                 row["calibration_s"] = time.time() - t0
-            else:
+            elif kind in ("skewed", "balanced"):
                 gen = torch.Generator().manual_seed(1)
                 rs = routers_mod.RouterSet({i: core.Router(dim, groups) for i in range(layers)}, "wan", dim, layers,
                                            combine=args.combine)
                 for r in rs.routers.values():
                     with torch.no_grad():
                         r.weight.normal_(0.0, dim ** -0.5, generator=gen)
+            else:
+                raise SystemExit(f"unknown router kind {kind!r}: expected calibrated, skewed, balanced, auto "
+                                 "(each optionally with +second)")
             patched = model.clone()
-            patcher.install(patched, rs, patcher.PatchOptions(start_percent=0.0, min_tokens=args.min_tokens,
-                                                              combine=args.combine, capacity=row["capacity"]))
-            sampler.execute(model=patched, **dict(common, length=9))  # weights loaded, small kernels built
+            extra = dict(second_group=True) if second else {}
+            patcher.install(patched, rs, patcher.PatchOptions(start_percent=start, min_tokens=args.min_tokens,
+                                                              combine=args.combine, capacity=row["capacity"],
+                                                              auto_groups=groups, **extra))
+            row["second_group"] = second
+            run = dict(common, steps=steps)
+            sampler.execute(model=patched, **dict(run, length=9))  # weights loaded, small kernels built
             runs = []
             for label in ("cold", "warm"):
                 try:
-                    out, seconds, peak = timed(lambda: sampler.execute(model=patched, **common).args[0])
+                    out, seconds, peak = timed(lambda: sampler.execute(model=patched, **run).args[0])
                 except torch.OutOfMemoryError as exc:
                     row["moga_error"] = f"out of memory: {str(exc)[:200]}"
                     break
                 assert torch.isfinite(out["samples"]).all(), "non-finite sample"
+                if steps == 2:  # the dense capture step, the fit and the sparse step: report the sparse one
+                    row[f"moga_{label}_two_steps_s"] = seconds
+                    seconds = seconds - dense["dense_step_s"] if dense else float("nan")
                 runs.append((seconds, peak))
                 row[f"moga_{label}_s"] = seconds
+            if runs and args.profile and not profiled:
+                profiled = True
+                profile_table(lambda: sampler.execute(model=patched, **run), args.profile, DEVICE,
+                              f"{shape} N={tokens} {row['routers']} one MoGA step ({steps} sampler steps)")
             if runs:
+                stats = mods["nodes.wiring"].patch_of(patched).last_run_stats
+                if steps == 2:
+                    row["auto_fit_s"] = stats.get("auto_fit_s")
+                    row["auto_capture_s"] = stats.get("auto_capture_s")
                 row["moga_step_s"] = runs[-1][0]
                 row["moga_peak_gib"] = max(r[1] for r in runs) if CUDA else None
-                stats = patcher.patch_of(patched).last_run_stats
                 sparse = sum(stats["sparse_calls"].values())
                 row["moga_sparse_calls"] = sparse
                 row["moga_dense_calls"] = dict(stats["dense"])
                 row["largest_group"] = stats["largest_group_sum"] / max(sparse, 1)
                 row["density"] = stats["density_sum"] / max(sparse, 1)
-                row["summary"] = patcher.patch_of(patched).summary()
+                row["summary"] = patcher.summarize_run(stats)
                 if dense:
                     row["speedup"] = dense["dense_step_s"] / row["moga_step_s"]
                     dense_steps = round(30 * args.warmup_steps)
                     row["projected_30_steps_s"] = dense_steps * dense["dense_step_s"] + \
                         (30 - dense_steps) * row["moga_step_s"]
                     row["projected_30_steps_dense_s"] = 30 * dense["dense_step_s"]
-            print(f"{shape} N={tokens} {kind}: cold {row.get('moga_cold_s')} warm {row.get('moga_warm_s')} s/step, "
+            print(f"{shape} N={tokens} {row['routers']}: cold {row.get('moga_cold_s')} warm {row.get('moga_warm_s')} s/step, "
                   f"peak {row.get('moga_peak_gib')} GiB, speedup {row.get('speedup')}; {row.get('summary')} "
                   f"{row.get('moga_error', '')}", flush=True)
             results.append(row)

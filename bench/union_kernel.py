@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from moga_core import MogaConfig, Router, moga_attention  # noqa: E402
-from moga_core.bench import time_call  # noqa: E402
+from moga_core.bench import profile_table, time_call  # noqa: E402
 import moga_core.blocksparse as blocksparse  # noqa: E402
 from moga_core.blocksparse import BLOCK, _flex_module, build_block_plan, run_flex  # noqa: E402
 from moga_core.synthetic import structured_video_qkv  # noqa: E402
@@ -140,7 +140,7 @@ def sweep_kernel_options(tokens, groups, heads, head_dim, capacity, repeats):
 
 
 @torch.no_grad()
-def run_point(tokens, groups, heads, head_dim, capacities, repeats, varlen_capacities, check):
+def run_point(tokens, groups, heads, head_dim, capacities, repeats, varlen_capacities, check, profile=""):
     layout, x, q, k, v = make_point(tokens, heads, head_dim)
     router = Router.fit(x.float(), groups, seed=0).cuda()
     res = {"tokens": layout.num_tokens, "grid": layout.grid, "shots": layout.shots, "heads": heads,
@@ -189,6 +189,9 @@ def run_point(tokens, groups, heads, head_dim, capacities, repeats, varlen_capac
                                             replace(cfg, backend="loop"), g, gate.float() if combine == "mean" else None)
                     row["check"] = float((out[:, :, sl].float() - simple).abs().max() / simple.abs().max())
                     del simple
+                if profile and backend == "auto" and combine == "union" and cap == capacities[len(capacities) // 2]:
+                    profile_table(layer, profile, q.device, f"layer N={layout.num_tokens} M={groups} union "
+                                  f"capacity {cap}", calls=5)
                 res["rows"].append(row)
                 print(f"  cap={cap} {combine:5s} {row['backend']:6s} {ms:8.1f} ms {row['speedup']:5.2f}x "
                       f"dens {row['density']:.3f} work {row['work_density']:.3f} err {row['err_vs_dense']:.3f} "
@@ -218,6 +221,8 @@ def main(argv=None):
                    help="capacities at which the varlen paths are timed too (slow)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--no-check", action="store_true", help="skip the float32 one-head exactness check")
+    p.add_argument("--profile", default="", help="text file for a torch.profiler table of the union layer at the "
+                                                 "middle capacity of each point")
     p.add_argument("--sweep-kernel-options", action="store_true",
                    help="first time FlexAttention kernel_options candidates on the first point and use the fastest")
     args = p.parse_args(argv)
@@ -241,7 +246,7 @@ def main(argv=None):
     for point in args.points.split(","):
         tokens, groups = (int(s) for s in point.split(":"))
         out["points"].append(run_point(tokens, groups, args.heads, args.head_dim, caps, args.repeats, vcaps,
-                                       not args.no_check and tokens <= 200_000))
+                                       not args.no_check and tokens <= 200_000, args.profile))
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)
     return 0

@@ -18,9 +18,10 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch.profiler import record_function
 
 from .backends import default_scale, flex_available, lse_dtype, sdpa_with_lse, segmented_attention
-from .blocksparse import BLOCK, block_attention, build_block_plan, key_set_pairs, relative_cost
+from .blocksparse import BLOCK, block_attention, build_block_plan, key_set_pairs_tensor, relative_cost
 from .config import MogaConfig, VideoLayout, check_config_for_layout
 from .plan import Term, group_terms, static_terms, temporal_groups, window_of_rows_cols
 
@@ -227,6 +228,13 @@ def use_block_kernel(cfg: MogaConfig, q: torch.Tensor) -> bool:
     return 16 <= d <= 256 and d & (d - 1) == 0 and not need_grad and q.dtype in (torch.float16, torch.bfloat16)
 
 
+def _group_sizes(groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """(B, Nv) ids in [0, M) → (B, M) int64 token counts per group, on the ids' device."""
+    b = groups.shape[0]
+    offset = torch.arange(b, device=groups.device)[:, None] * num_groups
+    return torch.bincount((groups + offset).reshape(-1), minlength=b * num_groups).view(b, num_groups)
+
+
 def _dense_union(q, k, v, layout, global_keep, scale):
     """Union attention with every video key in the set (what union mode becomes with M = 1): (B·Nv, H, D)."""
     b, n, h, d = q.shape
@@ -278,13 +286,28 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
     gterms, sterms = {}, {}
     video = None
 
+    counted = None  # (key-set pairs, group sizes (B, M)) read back with the block counts
     if block_kernel:
-        plan = build_block_plan(layout, cfg, groups, "union" if union else "group", global_keep,
-                                need_grad=torch.is_grad_enabled() and q.requires_grad, groups2=groups2)
-        # the one read-back of the call: id check, and the cost estimate for the dense fallback and the stats
+        # ids are checked at the read-back below, without a sync of their own; until then the plan is built from
+        # clamped ids, so a bad id cannot index out of bounds on the device (a CUDA assert would end the process)
+        last = cfg.num_groups - 1
+        safe, safe2 = groups.clamp(0, last), None if groups2 is None else groups2.clamp(0, last)
+        with record_function("moga.block_plan"):
+            plan = build_block_plan(layout, cfg, safe, "union" if union else "group", global_keep,
+                                    need_grad=torch.is_grad_enabled() and q.requires_grad, groups2=safe2)
+        # the one read-back of the call: id check, the cost estimate for the dense fallback, and the statistics
+        # (each extra read-back would stall the host until the GPU drains, and leave the GPU idle after it)
         ids = groups if groups2 is None else torch.cat([groups, groups2], 1)
         outside = (ids < 0) | (ids >= cfg.num_groups)
-        checks = torch.stack([outside.sum(), plan.partial_blocks.sum(), plan.full_blocks.sum()]).cpu().tolist()
+        parts = [outside.sum(), plan.partial_blocks.sum(), plan.full_blocks.sum()]
+        if stats is not None:
+            parts += [key_set_pairs_tensor(layout, cfg, safe, global_keep, safe2),
+                      _group_sizes(safe, cfg.num_groups).reshape(-1)]
+        with record_function("moga.readback"):
+            flat = torch.cat([t.reshape(-1).double() for t in parts]).cpu()
+        checks = [int(x) for x in flat[:3].tolist()]
+        if stats is not None:
+            counted = (int(round(float(flat[3]))), flat[4:].long().view(b, cfg.num_groups))
         if checks[0]:
             raise ValueError(f"groups (and groups2) must be ids in [0, {cfg.num_groups}) for num_groups = "
                              f"{cfg.num_groups}; got {checks[0]} ids outside, e.g. {ids[outside][:5].tolist()}")
@@ -294,7 +317,8 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
             video = _dense_union(q, k, v, layout, global_keep, scale)
         else:
             try:
-                video = block_attention(q, k, v, plan, scale).reshape(b * nv, h, d)
+                with record_function("moga.block_kernel"):
+                    video = block_attention(q, k, v, plan, scale).reshape(b * nv, h, d)
             except Exception as exc:  # noqa: BLE001 — a broken Triton / compiler must not end the user's run
                 if cfg.backend == "flex" or isinstance(exc, torch.OutOfMemoryError):
                     raise
@@ -370,11 +394,12 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
 
     if stats is not None:
         ng = layout.num_global_tokens
-        video_pairs = key_set_pairs(layout, cfg, groups, global_keep, groups2)
+        if counted is None:
+            counted = (int(round(float(key_set_pairs_tensor(layout, cfg, groups, global_keep, groups2)))),
+                       _group_sizes(groups, cfg.num_groups).cpu())
+        video_pairs, sizes = counted
         stats["density"] = (video_pairs + b * ng * n) / float(b * n * n)
-        stats["group_sizes"] = torch.bincount((groups + torch.arange(b, device=groups.device)[:, None]
-                                               * cfg.num_groups).reshape(-1),
-                                              minlength=b * cfg.num_groups).view(b, -1).cpu()
+        stats["group_sizes"] = sizes
         stats["backend"] = "flex" if block_kernel else cfg.backend
         stats["path"] = path
         if path == "dense":

@@ -78,6 +78,38 @@ def time_call(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
     return statistics.median(time_calls(fn, device, repeats, warmup))
 
 
+def profile_table(fn, path: str, device, label: str, calls: int = 1) -> None:
+    """``calls`` calls of ``fn`` under torch.profiler, appended to the text file ``path``: how busy the device was
+    (kernel time / wall time), the pack's own stages (the ``moga.*`` ranges: routing, block plan, the one read-back,
+    the block kernel) and the ops by device time. A report for people, not a timing (the profiler adds overhead)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for _ in range(calls):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    kernel_us = sum(e.self_device_time_total for e in events
+                    if e.device_type == torch.autograd.DeviceType.CUDA) if cuda else 0.0
+    with open(path, "a") as f:
+        f.write(f"== {label}: {calls} call(s), wall {wall:.3f} s under the profiler, device kernels "
+                f"{kernel_us / 1e6:.3f} s ({100 * kernel_us / 1e6 / wall:.0f} % busy)\n")
+        for e in events:
+            if e.key.startswith("moga."):
+                f.write(f"  {e.key:24s} calls {e.count:5d}  host {e.cpu_time_total / 1e3:9.1f} ms  "
+                        f"device {e.device_time_total / 1e3:9.1f} ms\n")
+        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        f.write(events.table(sort_by=sort, row_limit=45, max_name_column_width=70) + "\n")
+    print(f"profile of {label} written to {path}", flush=True)
+
+
 def _peak_gib(device: torch.device):
     return torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
 

@@ -406,6 +406,13 @@ def key_set_pairs(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor,
     |G ∪ Glob| + |W ∪ Glob| + |F ∪ Glob| (the branches present) in mean mode. From per-(group, frame, window)
     token counts, O(Nv) — no pairs are enumerated. ``global_keep``: None, (Ng,) or (T, Ng) bool. ``groups2``
     (B, Nv), union mode: G is the query's group plus its second group."""
+    return int(round(float(key_set_pairs_tensor(layout, cfg, groups, global_keep, groups2))))
+
+
+def key_set_pairs_tensor(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor,
+                         global_keep: torch.Tensor | None = None, groups2: torch.Tensor | None = None) -> torch.Tensor:
+    """`key_set_pairs` as a 0-dim float64 tensor on ``groups``' device, with no read-back (a caller gathers it
+    with its other statistics into one transfer)."""
     ids = local_ids(layout, cfg, groups.device)
     b, nv = groups.shape
     m, t_len, s_count = cfg.num_groups, ids.num_frames, ids.num_windows
@@ -450,17 +457,17 @@ def key_set_pairs(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor,
             g2 = groups2.long().clamp(0, m - 1)
             at = (g2 * t_len + ids.frame.long()[None]) * s_count + ids.window.long()[None]  # (B, Nv) into (M, T, S)
             per_query = extra.reshape(b, -1).gather(1, at)
-            added = float(torch.where(groups2.long() != groups.long(), per_query, 0.0).sum())
+            added = torch.where(groups2.long() != groups.long(), per_query, 0.0).sum()
     else:
         size = n_g + glob
         if use_w:
             size = size + window_sum(cw) + glob
         if use_f:
             size = size + hw + glob
-    total = float((c * size).sum())
+    total = (c * size).sum()
     if cfg.combine == "union" and groups2 is not None:
-        total += added
-    return int(round(total))
+        total = total + added
+    return total
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 from einops import rearrange
+from torch.profiler import record_function
 
 import comfy.model_management
 import comfy.patcher_extension
@@ -362,7 +363,7 @@ class MogaPatch(BlockPatch):
         except ValueError as exc:
             log.warning("MoGA: %s; block %s stays dense", exc, key)
             return self._dense("bad shot plan")
-        with torch.no_grad():
+        with torch.no_grad(), record_function("moga.route"):
             x_mod = self.adapter.router_input(key, args, span)
             router = self.router(key.index, x_mod.device)
             if router is None:
