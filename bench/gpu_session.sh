@@ -7,6 +7,7 @@
 #   tests     pytest -m cuda tests/core                       → cuda_tests.log
 #   layer     the attention layer at 187,200 and 580,320 tokens, dense in the same run, with a profile
 #             (bench/union_kernel.py)                         → layer.json, profile.txt
+#   layer187  the same at 187,200 tokens only, capacities 1.25 and 1.0, no varlen rows (a quick re-measure)
 #   e2e       one sampling step of the Wan-1.3B shape at 187,200 tokens: dense, calibrated, skewed, auto routers,
 #             second group; a profile of the calibrated step (bench/e2e.py) → e2e_187k.json, profile.txt
 #   e2e14b    the same for the Wan-14B shape (calibrated)    → e2e_14b.json
@@ -28,10 +29,14 @@ for stage in "$@"; do
   echo "== stage $stage ($(date -u +%T))"
   case "$stage" in
     tests)
-      python3 -m pytest -m cuda tests/core -q -p no:cacheprovider --durations=15 2>&1 | tee "$OUT/cuda_tests.log" | tail -25 ;;
+      python3 -m pytest -m cuda tests/core -v -p no:cacheprovider --durations=25 2>&1 |
+        while IFS= read -r line; do echo "$(date -u +%T) $line"; done | tee "$OUT/cuda_tests.log" | tail -40 ;;
     layer)
       python3 bench/union_kernel.py --out "$OUT/layer.json" --points 187200:5,580320:20 --capacities none,1.25,1.0 \
         --repeats 10 --profile "$OUT/profile.txt" ;;
+    layer187)
+      python3 bench/union_kernel.py --out "$OUT/layer_187k.json" --points 187200:5 --capacities 1.25,1.0 \
+        --varlen-capacities "" --repeats 10 --profile "$OUT/profile.txt" ;;
     e2e)
       python3 bench/e2e.py --out "$OUT/e2e_187k.json" --cases 1.3b:187200 \
         --routers calibrated,skewed,auto,calibrated+second --profile "$OUT/profile.txt" ;;

@@ -25,6 +25,21 @@ def cuda_backends():
             if name in ("auto", "varlen", "sdpa", "loop") or found.get(name)]
 
 
+# The whole sweep runs through what `auto` can pick (the block kernel, the varlen paths). The forced backends that
+# call cuDNN on every small segment (sdpa, loop, cudnn_varlen: a new cuDNN graph per new segment length, ~60 ms
+# each) run in half precision on two cases only (`test_cuda_forced_cudnn_backends_equal_reference`), so the suite
+# ends in minutes; in float32 cuDNN is not involved and every backend runs everywhere. The block kernel is compiled
+# per (length, heads, dtype, mask shape): float32 runs it on two cases too.
+SWEEP_BACKENDS = {torch.float32: ("auto", "varlen", "sdpa", "loop"),
+                  torch.bfloat16: ("auto", "flex", "varlen", "torch_varlen", "flash_attn")}
+CUDNN_BACKENDS = ("sdpa", "loop", "cudnn_varlen")
+FORCED_CASES = (1, 3)
+
+
+def sweep_backends(dtype):
+    return [name for name in cuda_backends() if name in SWEEP_BACKENDS[dtype]]
+
+
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("combine", ["mean", "union"])
 @pytest.mark.parametrize("capacity", [None, 1.0, 1.5])
@@ -41,13 +56,39 @@ def test_cuda_fast_paths_equal_reference(case, combine, capacity, dtype, tol):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = reference_attention(q.double(), k.double(), v.double(), layout, cfg, groups, gate.double())
-        for backend in cuda_backends():
-            if dtype == torch.float32 and backend in ("torch_varlen", "cudnn_varlen", "flash_attn"):
-                continue  # half-precision kernels
+        for backend in sweep_backends(dtype):
             out = moga_attention(q, k, v, layout, replace(cfg, backend=backend), groups, gate)
             assert torch.isfinite(out).all(), backend
             err = rel_err(out, ref)
             assert err <= tol, f"{backend}: {err:.2e}"
+
+
+@pytest.mark.parametrize("combine", ["mean", "union"])
+@pytest.mark.parametrize("dtype, tol, backends", [(torch.float32, 1e-5, ("flex",)),
+                                                  (torch.bfloat16, 2e-2, CUDNN_BACKENDS)], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", [SWEEP[i] for i in FORCED_CASES], ids=[f"case{i}" for i in FORCED_CASES])
+def test_cuda_forced_backends_equal_reference(case, dtype, tol, backends, combine):
+    """The backends the sweep leaves out (see SWEEP_BACKENDS), forced, on two of its cases, capacity 1.5."""
+    b, h, d, grid, shots, prefix, suffix, m, window, tg, nf, frame = case
+    layout = VideoLayout(grid=grid, shots=shots, prefix=prefix, suffix=suffix)
+    cfg = MogaConfig(num_groups=m, window=window, temporal_group=tg, neighbor_frames=nf, frame_branch=frame,
+                     combine=combine, capacity=1.5)
+    q, k, v, _, gate = make_inputs(layout, b, h, d, m, seed=hash(case) % 1000, dtype=dtype, device="cuda")
+    logits = torch.randn(b, layout.num_video_tokens, m, generator=torch.Generator().manual_seed(3)).cuda()
+    groups = capacity_assignment(logits, 1.5)
+    ran = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = reference_attention(q.double(), k.double(), v.double(), layout, cfg, groups, gate.double())
+        for backend in cuda_backends():
+            if backend not in backends:
+                continue
+            out = moga_attention(q, k, v, layout, replace(cfg, backend=backend), groups, gate)
+            assert torch.isfinite(out).all(), backend
+            err = rel_err(out, ref)
+            assert err <= tol, f"{backend}: {err:.2e}"
+            ran += 1
+    assert ran, f"none of {backends} is available here"
 
 
 @pytest.mark.parametrize("case", SWEEP, ids=[f"case{i}" for i in range(len(SWEEP))])
@@ -66,7 +107,7 @@ def test_cuda_second_group_equals_reference(case):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = reference_attention(q.double(), k.double(), v.double(), layout, cfg, groups, groups2=groups2)
-        for backend in cuda_backends():
+        for backend in sweep_backends(torch.bfloat16):
             out = moga_attention(q, k, v, layout, replace(cfg, backend=backend), groups, groups2=groups2)
             assert torch.isfinite(out).all(), backend
             err = rel_err(out, ref)
