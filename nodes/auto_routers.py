@@ -173,6 +173,8 @@ class AutoRouters:
         """Sample block ``index``'s router input ``x`` (B, Nv, C) of a capture step."""
         if index not in self.blocks or self.sample is None:
             return
+        if x.is_cuda:  # the copy to the CPU below waits for the queued work: time the capture alone
+            torch.cuda.synchronize(x.device)
         start = time.perf_counter()
         self._device = x.device  # k-means runs where the model runs
         self.sample.add(index, x)  # ends with a copy to the CPU: the time is the real cost
