@@ -208,3 +208,42 @@ def test_sequence_parallel_worker_samples_as_moga_apply(comfyui, case, reference
     err = rel_err(sp["patched"], reference["moga"])
     assert err <= 1e-5, err
     assert rel_err(sp["patched"], reference["dense"]) > 1e-3  # MoGA is in effect
+
+
+def test_what_sequence_parallel_does_not_support_yet_is_refused(moga, options_module):
+    """HunyuanVideo, auto routers and second_group under sequence parallelism: clear errors, never a silent
+    wrong run (the checks come before any collective, so no process group is needed here)."""
+    sp = importlib.import_module(f"{moga.name}.nodes.sequence_parallel")
+    hunyuan = tm.load(tm.hunyuan_state_dict())
+    wan = tm.load(tm.wan_state_dict())
+    options = options_module.options_from_inputs(**option_values(options_module))
+    adapter = moga.adapters.adapter_for(hunyuan)
+    with pytest.raises(ValueError, match="HunyuanVideo under raylight's sequence parallelism is not supported yet"):
+        sp.SequenceParallelMogaPatch(adapter, routers(moga, hunyuan), options, None, 2)
+    adapter = moga.adapters.adapter_for(wan)
+    with pytest.raises(ValueError, match="auto routers .* not supported under sequence parallelism"):
+        sp.SequenceParallelMogaPatch(adapter, None, options, None, 2)
+    second = options_module.options_from_inputs(**option_values(options_module, second_group=True))
+    with pytest.raises(ValueError, match="second_group is not supported under sequence parallelism"):
+        sp.SequenceParallelMogaPatch(adapter, routers(moga, wan), second, None, 2)
+
+
+def test_the_rewire_wraps_only_an_engine_forward_and_only_once(moga):
+    sp = importlib.import_module(f"{moga.name}.nodes.sequence_parallel")
+    model = tm.load(tm.wan_state_dict()).model.diffusion_model
+    assert sp.rewire_wan_self_attention(model) == 0  # the class's own forward: not sharded, left alone
+    calls = []
+
+    def engine_forward(self, x, freqs, transformer_options={}, **kwargs):
+        calls.append(transformer_options)
+        return x
+
+    import types
+
+    for block in model.blocks:
+        block.self_attn.forward = types.MethodType(engine_forward, block.self_attn)
+    assert sp.rewire_wan_self_attention(model) == len(model.blocks)
+    assert sp.rewire_wan_self_attention(model) == 0  # idempotent: ours keeps the engine's forward it wraps
+    x = torch.randn(1, 4, 256)
+    assert model.blocks[0].self_attn(x, None, transformer_options={"moga_route": None}) is x  # delegated
+    assert len(calls) == 1
