@@ -349,7 +349,7 @@ def sequence_parallel_moga_attention(
     groups: torch.Tensor | None = None, gate: torch.Tensor | None = None, *,
     logits: torch.Tensor | None = None, process_group=None, sizes: Sequence[int] | None = None,
     segments: Sequence[tuple[int, Sequence[int]]] | None = None, scale: float | None = None,
-    global_keep: torch.Tensor | None = None, stats: dict | None = None,
+    global_keep: torch.Tensor | None = None, stats: dict | None = None, dense_fallback: bool = False,
 ) -> torch.Tensor:
     """Ulysses MoGA attention over a sequence-sharded batch; collective: every rank of ``process_group`` calls it.
 
@@ -373,8 +373,9 @@ def sequence_parallel_moga_attention(
             real tokens of segment 0, then of segment 1, … (summing to ``layout.num_tokens``); each segment is
             padded at its end to ``sum(sizes)`` and cut into per-rank pieces; a rank's q/k/v hold its piece of
             segment 0, then of segment 1, … (`shard_segments` builds them from a full sequence).
-        scale, global_keep, stats: as `moga_attention` (``global_keep`` is the full-layout table; ``stats``
-            describes this rank's heads).
+        scale, global_keep, stats, dense_fallback: as `moga_attention` (``global_keep`` is the full-layout table;
+            ``stats`` describes this rank's heads; ``dense_fallback`` decides from the gathered groups, which every
+            rank holds alike, so all ranks take the same path).
 
     Returns:
         (B, n_rank, H, D) in q's dtype: this rank's shard of the MoGA output; rows at padding positions are zero.
@@ -463,5 +464,5 @@ def sequence_parallel_moga_attention(
     # --- sequence shards -> head shards, MoGA on the whole sequence, back ---
     qh, kh, vh = (_seq_to_heads(t, plan, rank, process_group) for t in (q, k, v))
     out = moga_attention(qh, kh, vh, layout, cfg, groups=full_groups, gate=full_gate, scale=scale,
-                         global_keep=global_keep, stats=stats)
+                         global_keep=global_keep, stats=stats, dense_fallback=dense_fallback)
     return _heads_to_seq(out, plan, rank, process_group)

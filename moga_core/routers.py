@@ -84,6 +84,21 @@ class RouterSet:
                 sd[f"blocks.{i}.router.bias"] = r.bias.detach().float().cpu().contiguous()
         return sd
 
+    def to_plain(self) -> dict:
+        """Plain data (CPU float32 tensors, str metadata) that pickles without this package: ``{"state_dict":
+        {blocks.{i}.router.weight (M, C), …}, "metadata": {name: JSON string}}`` — the file's content.
+        `from_plain` reads it back."""
+        return {"state_dict": self.state_dict(), "metadata": self.metadata()}
+
+    @classmethod
+    def from_plain(cls, data: dict, name: str = "router data") -> "RouterSet":
+        """Inverse of `to_plain`."""
+        if not isinstance(data, dict) or not isinstance(data.get("state_dict"), dict) or \
+                not isinstance(data.get("metadata"), dict):
+            raise ValueError(f"{name}: expected {{'state_dict': {{…}}, 'metadata': {{…}}}} (RouterSet.to_plain), "
+                             f"got {type(data).__name__} with keys {sorted(data) if isinstance(data, dict) else []}")
+        return cls.from_state_dict(data["state_dict"], _decode_metadata(data["metadata"]), name=name)
+
     def save(self, path: str) -> None:
         from safetensors.torch import save_file
 

@@ -13,6 +13,9 @@ Where each concept lives:
 - ``shots.py``: shot plans (text -> frames -> latent frames, caption ranges); pure Python, mirrored by
   ``web/shot_plan.js``; ``shot_attention.py``: per-shot captions inside the model.
 - ``adapters/``: what the patcher needs to know about each model family; ``router_files.py``: ``models/moga``.
+- raylight (multi-GPU): ``ray_patch.py`` (the node; imports ``ray`` only when it runs), ``raylight_worker.py``
+  (what each worker runs), ``sequence_parallel.py`` (the patch holder and Wan self-attention rewire under Ulysses
+  sequence parallelism).
 
 Imports go one way: nodes -> patcher -> (options, wiring, adapters) -> shots; ``tests/core/test_import_graph.py``
 fails on a cycle.

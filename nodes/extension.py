@@ -10,6 +10,7 @@ from .load_model import MoGALoadModel
 from .load_router import MoGALoadRouter
 from .long_video import MoGALongVideoGuider, MoGALongVideoSampler
 from .multishot import MoGAMultiShotPrompt
+from .ray_patch import MoGAApplyRay
 from .router_files import register_folder
 from .save_router import MoGASaveRouter
 
@@ -20,4 +21,4 @@ class MogaExtension(ComfyExtension):
 
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [MoGALoadModel, MoGALoadRouter, MoGAApply, MoGACalibrateRouter, MoGASaveRouter, MoGAMultiShotPrompt,
-                MoGALongVideoSampler, MoGALongVideoGuider]
+                MoGALongVideoSampler, MoGALongVideoGuider, MoGAApplyRay]

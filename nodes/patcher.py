@@ -110,10 +110,11 @@ class Route:
     patch: "MogaPatch"
     key: BlockKey
     layout: VideoLayout
-    groups: torch.Tensor  # (B, Nv) int64
-    gate: torch.Tensor  # (B, Nv)
+    groups: torch.Tensor | None  # (B, Nv) int64 (None when the route carries logits instead)
+    gate: torch.Tensor | None  # (B, Nv)
     info: ForwardInfo
     groups2: torch.Tensor | None = None  # (B, Nv) int64: each token's second group (second-group mode)
+    logits: torch.Tensor | None = None  # (B, n, M) float32 router logits of a sequence shard (sequence parallel)
 
 
 class GroupMapProbe:
@@ -368,14 +369,19 @@ class MogaPatch(BlockPatch):
             router = self.router(key.index, x_mod.device)
             if router is None:
                 return self._dense("no auto router (too few video tokens)")
-            groups2 = None
-            if self.cfg.second_group:
-                groups, gate, groups2 = router.route2(x_mod, capacity=self.cfg.capacity)
-            else:
-                groups, gate = router(x_mod, capacity=self.cfg.capacity)
+            route = self.route(router, x_mod, key, layout, info)
         probe = to.get(wiring.GROUP_MAP)
-        if probe is not None and probe.block == key.index:
-            probe.record(groups, layout, to, self.cfg.num_groups)
+        if probe is not None and probe.block == key.index and route.groups is not None:
+            probe.record(route.groups, layout, to, self.cfg.num_groups)
+        return route
+
+    def route(self, router, x_mod: torch.Tensor, key: BlockKey, layout: VideoLayout, info: ForwardInfo) -> Route:
+        """Route the video tokens ``x_mod`` (B, Nv, C) of one block call."""
+        groups2 = None
+        if self.cfg.second_group:
+            groups, gate, groups2 = router.route2(x_mod, capacity=self.cfg.capacity)
+        else:
+            groups, gate = router(x_mod, capacity=self.cfg.capacity)
         return Route(self, key, layout, groups, gate.to(x_mod.dtype), info, groups2)
 
     # ---- attention override
@@ -419,6 +425,11 @@ class MogaPatch(BlockPatch):
         out = moga_attention(q4, k4, v4, layout, self.cfg, route.groups, gate, scale=kwargs.get("scale"),
                              global_keep=global_keep, stats=call,
                              dense_fallback=self.options.dense_if_slower, groups2=route.groups2)
+        self.count_call(route, call)
+        return rearrange(out, "b n h d -> b h n d" if skip_output_reshape else "b n h d -> b n (h d)")
+
+    def count_call(self, route: Route, call: dict) -> None:
+        """Add one attention call's ``stats`` (from `moga_attention`) to the run's statistics."""
         sizes = call["group_sizes"].double()
         largest = float((sizes.max(1).values / sizes.sum(1)).mean())
         with self._lock:
@@ -429,7 +440,6 @@ class MogaPatch(BlockPatch):
                 self.stats["density_sum"] += call["density"]
                 self.stats["largest_group_sum"] += largest
                 self.stats["largest_group_max"] = max(self.stats["largest_group_max"], largest)
-        return rearrange(out, "b n h d -> b h n d" if skip_output_reshape else "b n h d -> b n (h d)")
 
     def _caption_keep(self, route: Route, layout: VideoLayout, n: int, to: dict, device):
         """(T, prefix + suffix) caption visibility per latent frame when the cond carries per-shot captions."""

@@ -36,6 +36,23 @@ def test_round_trip_keeps_weights_and_metadata(tmp_path):
         assert torch.equal(back.routers[i].bias, rs.routers[i].bias)
 
 
+def test_plain_data_round_trip_pickles_without_the_package():
+    """What the Ray node sends to workers: plain tensors and strings only (pickled, no moga_core class inside)."""
+    import pickle
+
+    rs = make_set(combine="mean", source="trained", extra={"note": "x"})
+    data = pickle.loads(pickle.dumps(rs.to_plain()))
+    assert b"moga_core" not in pickle.dumps(data)
+    back = RouterSet.from_plain(data)
+    assert (back.model_family, back.num_blocks, back.combine, back.source, back.extra) == \
+        ("wan", 4, "mean", "trained", {"note": "x"})
+    for i in (0, 2):
+        assert torch.equal(back.routers[i].weight, rs.routers[i].weight)
+        assert torch.equal(back.routers[i].bias, rs.routers[i].bias)
+    with pytest.raises(ValueError, match="RouterSet.to_plain"):
+        RouterSet.from_plain({"state_dict": {}})
+
+
 def test_bad_files_and_sets_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="share"):
         RouterSet({0: Router(16, 3), 1: Router(16, 4)}, "wan", 16, 2)

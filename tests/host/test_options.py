@@ -30,7 +30,7 @@ LATER_IDS = ["capacity", "dense_if_slower", "auto_groups", "second_group"]
 
 
 def test_option_ids_and_order_are_stable(moga):
-    for node_id in ("MoGAApply", "MoGALoadModel"):
+    for node_id in ("MoGAApply", "MoGALoadModel", "MoGAApplyRay"):
         _, order = schema_inputs(moga.NODES[node_id])
         # the frontend lays widgets out required first, then optional: the positions of saved widget values
         names = order["required"] + order.get("optional", [])

@@ -25,7 +25,7 @@ const { values: args } = parseArgs({
 
 const NODE = "MoGAMultiShotPrompt";
 const MOGA_NODES = ["MoGALoadModel", "MoGALoadRouter", "MoGAApply", "MoGACalibrateRouter", "MoGASaveRouter",
-  "MoGAMultiShotPrompt", "MoGALongVideoSampler", "MoGALongVideoGuider"];
+  "MoGAMultiShotPrompt", "MoGALongVideoSampler", "MoGALongVideoGuider", "MoGAApplyRay"];
 const report = { url: args.url, checks: {}, console: [] };
 mkdirSync(args.artifacts, { recursive: true });
 mkdirSync(args.screenshots, { recursive: true });
