@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -28,7 +29,10 @@ def load(pattern):
     for path in sorted(glob.glob(os.path.join(RESULTS, pattern))):
         with open(path) as f:
             data = json.load(f)
-        out += data if isinstance(data, list) else [data]
+        for item in data if isinstance(data, list) else [data]:
+            if isinstance(item, dict):
+                item.setdefault("run", re.split(r"_(?:union|parallel|e2e|attention|bench)", os.path.basename(path))[0])
+            out.append(item)
     return out
 
 
@@ -121,11 +125,11 @@ def union_kernel_tables(runs) -> list[str]:
                 "computed / N² | largest group | err vs dense | exactness (fp32 loop, head 1) | peak GiB extra | "
                 "first call ms |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in run["points"]:
-            out.append(f"| {card(run['device'])} | {p['tokens']:,} | {p['groups']} | — | dense | cuDNN SDPA | "
+            out.append(f"| {card(run['device'])} ({run['run']}) | {p['tokens']:,} | {p['groups']} | — | dense | cuDNN SDPA | "
                        f"{p['dense_ms']:.1f} | 1.00x | 1.000 | 1.000 | | | | {p['dense_peak_gib']:.2f} | |")
             for r in p["rows"]:
                 cap = "none" if r["capacity"] is None else f"{r['capacity']:g}"
-                out.append(f"| {card(run['device'])} | {p['tokens']:,} | {p['groups']} | {cap} | {r['combine']} | "
+                out.append(f"| {card(run['device'])} ({run['run']}) | {p['tokens']:,} | {p['groups']} | {cap} | {r['combine']} | "
                            f"{r['backend']} | {r['ms']:.1f} | **{r['speedup']:.2f}x** | {r['density']:.3f} | "
                            f"{r['work_density']:.3f} | {100 * r['largest_group']:.0f}% | {r['err_vs_dense']:.3f} | "
                            f"{fmt(r.get('check'), '.1e') or '—'} | {r['peak_gib']:.2f} | {fmt(r.get('cold_ms'), '.0f')} |")
@@ -150,7 +154,7 @@ def fast_default_targets(kernel_runs, steps) -> list[str]:
             for p in run["points"]:
                 for r in p["rows"]:
                     if (p["tokens"], r["combine"], r["capacity"], r["backend"]) == (tokens, combine, capacity, "flex"):
-                        return r["speedup"], f"{r['ms']:.1f} vs {p['dense_ms']:.1f} ms ({card(run['device'])})"
+                        return r["speedup"], f"{r['ms']:.1f} vs {p['dense_ms']:.1f} ms ({card(run['device'])}, run {run['run']})"
         return None, "not measured"
 
     def step(model, tokens, routers, key="speedup"):
@@ -169,7 +173,8 @@ def fast_default_targets(kernel_runs, steps) -> list[str]:
                                         ("step, same, skewed routers", "1.3b", "skewed", 1.8),
                                         ("step, Wan-14B shape, 187,200 tokens, calibrated routers", "14b", "calibrated", 2.5)):
         value, r = step(model, 187200, routers)
-        how = (f"{r['moga_step_s']:.2f} vs {r['dense_step_s']:.2f} s ({card(r['device'])})" if r else "not measured")
+        how = (f"{r['moga_step_s']:.2f} vs {r['dense_step_s']:.2f} s ({card(r['device'])}, run {r['run']})" if r
+               else "not measured")
         rows.append((label, f"{value:.2f}x — {how}" if value else how, f"≥ {goal}x", value is not None and value >= goal))
     _, r = step("1.3b", 187200, "calibrated")
     if r:
@@ -178,25 +183,65 @@ def fast_default_targets(kernel_runs, steps) -> list[str]:
                      f"{r['dense_peak_gib']:.1f})", "≤ dense + 2 GiB", extra <= 2.0))
     _, r = step("1.3b", 580320, "calibrated", key="moga_peak_gib")
     if r:
-        rows.append(("580,320 tokens through the Wan-1.3B shape", f"{r['moga_peak_gib']:.1f} GiB peak (B = 2)",
-                     "≤ 20 GiB", r["moga_peak_gib"] <= 20.0))
+        where = (f"with {r['emulated_free_gib']:g} GiB free, as on a 24 GB card: ComfyUI runs cond and uncond one at a "
+                 f"time" if r.get("emulated_free_gib") else "B = 2 on the whole card")
+        rows.append(("580,320 tokens through the Wan-1.3B shape", f"{r['moga_peak_gib']:.1f} GiB peak ({where}; "
+                     f"{r['moga_step_s']:.1f} s/step, {card(r['device'])})", "≤ 20 GiB", r["moga_peak_gib"] <= 20.0))
     out = ["| target | measured | goal | met |", "|---|---|---|---|"]
     out += [f"| {a} | {b} | {c} | {'yes' if d else 'no'} |" for a, b, c, d in rows]
     return out
 
 
+def _step_notes(r) -> str:
+    notes = []
+    if r.get("emulated_free_gib"):
+        notes.append(f"{r['emulated_free_gib']:g} GiB free (a 24 GB card): {r['moga_sparse_calls']} sparse calls = "
+                     f"cond and uncond apart")
+    if r.get("auto_fit_s") is not None:
+        notes.append(f"fitted in {r['auto_fit_s']:.2f} s; two steps (dense capture + sparse) "
+                     f"{r['moga_warm_two_steps_s']:.1f} s, the sparse step = that − the dense step")
+    if r.get("second_group"):
+        notes.append("second group on")
+    return "; ".join(notes)
+
+
 def union_step_table(rows) -> list[str]:
-    out = ["| card | model | tokens (frames) | M | routers | capacity | dense s/step | dense peak GiB | MoGA first "
-           "call s | MoGA s/step | MoGA peak GiB | speedup | largest group | density | 30 steps, default warm-up "
-           "(6 dense) | 30 steps dense |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| card (run) | model | tokens (frames) | M | routers | capacity | dense s/step | dense peak GiB | MoGA "
+           "first call s | MoGA s/step | MoGA peak GiB | speedup | largest group | density | 30 steps, default "
+           "warm-up (6 dense) | 30 steps dense | notes |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {card(r['device'])} | {r['model']} | {r['tokens']:,} ({r['frames']}) | {r['groups']} | "
+        out.append(f"| {card(r['device'])} ({r['run']}) | {r['model']} | {r['tokens']:,} ({r['frames']}) | {r['groups']} | "
                    f"{r['routers']} | {r['capacity']} | {fmt(r.get('dense_step_s'), '.2f') or 'not run'} | "
                    f"{fmt(r.get('dense_peak_gib'), '.1f')} | {fmt(r.get('moga_cold_s'), '.2f')} | "
                    f"{fmt(r.get('moga_step_s'), '.2f')} | {fmt(r.get('moga_peak_gib'), '.1f')} | "
                    f"{fmt(r.get('speedup'), '.2f') + 'x' if r.get('speedup') else ''} | "
                    f"{100 * r['largest_group']:.0f}% | {r['density']:.3f} | "
-                   f"{fmt(r.get('projected_30_steps_s'), '.0f')} s | {fmt(r.get('projected_30_steps_dense_s'), '.0f')} s |")
+                   f"{fmt(r.get('projected_30_steps_s'), '.0f')} s | {fmt(r.get('projected_30_steps_dense_s'), '.0f')} s | "
+                   f"{_step_notes(r)} |")
+    return out
+
+
+def parallel_tables(runs) -> list[str]:
+    """bench/parallel.py's rows: 1 GPU vs N, layer and stand-in block."""
+    out = []
+    for run in runs:
+        a = run["args"]
+        out += [f"Card: {card(run['device'])} × {run['world_size']} (one host, NCCL, NCCL_NVLS_ENABLE="
+                f"{run.get('nccl_nvls_enable')}), torch {run['torch']}; M = {a['groups']}, combine {a['combine']}, "
+                f"{a['shots']} shots, backend {a['backend']}; median of {a['repeats']} after {a['warmup']} warm-up.", "",
+                "| card | shape | tokens | what | GPUs | median ms | speedup | efficiency | full forward s "
+                "(extrapolated) | peak GiB / GPU | all-to-alls ms | max rel. err vs 1 GPU |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in run["rows"]:
+            peaks = [x for x in (r.get("peak_gib_per_rank") or []) if x is not None]
+            out.append(f"| {card(run['device'])} | {r['shape']} | {r['tokens']:,} | {r['what']} | {r['gpus']} | "
+                       f"{r['median_ms']:.1f} | {fmt(r.get('speedup'), '.2f') + 'x' if 'speedup' in r else ''} | "
+                       f"{format(r['efficiency'], '.0%') if 'efficiency' in r else ''} | "
+                       f"{fmt(r.get('full_forward_ms_extrapolated') and r['full_forward_ms_extrapolated'] / 1e3, '.1f')} | "
+                       f"{max(peaks):.1f} | {fmt(r.get('a2a_ms'), '.1f')} | "
+                       f"{fmt(r.get('max_abs_rel_err_vs_1gpu'), '.1e')} |" if peaks else "")
+        out.append("")
     return out
 
 
@@ -205,6 +250,7 @@ def main():
     union_steps = load("*_union_step.json")
     attention = load("*_attention.json") + load("*_bench75600.json")
     e2e = load("*_e2e*.json")
+    parallel = load("*_parallel_*.json")
     notes_path = os.path.join(ROOT, "bench", "NOTES.md")
     out = [
         "# Performance",
@@ -233,24 +279,52 @@ def main():
         "```",
         "python bench/union_kernel.py --sweep-kernel-options --out bench/results/<card>_union_kernel.json",
         "COMFYUI_PATH=/path/to/ComfyUI python bench/e2e.py --out bench/results/<card>_union_step.json \\",
-        "    --cases 1.3b:187200,1.3b:580320,14b:187200 --routers calibrated,skewed",
+        "    --cases 1.3b:187200,14b:187200 --routers calibrated,skewed,auto,calibrated+second",
+        "COMFYUI_PATH=/path/to/ComfyUI python bench/e2e.py --out bench/results/<card>_24gb_union_step.json \\",
+        "    --cases 1.3b:580320 --routers calibrated --free-gib 23",
         "```",
+        "",
+        "On the lent GPU machine all of it, and the CUDA tests, run by stage with `bash bench/gpu_session.sh STAGE …` "
+        "(tests, layer, layer187, e2e, e2e14b, memory, parallel).",
         "",
         "### Targets",
         "",
         *fast_default_targets(kernel_runs, union_steps),
         "",
-        "Why the misses, and what was measured on the way: [bench/NOTES.md](../bench/NOTES.md) (v5). The 580,320-token "
-        "peak was measured before the kernel ran its heads in chunks.",
+        "Each row quotes the newest run that measured it (file names sort by run). Why the misses, and what was "
+        "measured on the way: [bench/NOTES.md](../bench/NOTES.md) (v5, v6). The second session's runs (`h200x_s2*`) "
+        "shared their host with a CUDA test run on the host's other GPU (CPU contention only; each GPU ran one "
+        "job).",
         "",
         "### One step of a Wan-shaped model (cond + uncond) through MoGALongVideoSampler",
         "",
         "Random weights, ComfyUI's own `WanModel`, bf16, B = 2, 480p frames, node defaults except start_percent 0 "
         "for the timed step. Routers: *calibrated* = the pack's calibration (MoGACalibrateRouter's k-means on the "
         "model's router inputs of a 33-frame dense pass); *skewed* = random linear routers. 'first call' includes "
-        "compiling the kernel for this length. Dense and MoGA of a row come from the same run.",
+        "compiling the kernel for this length. *auto* = no router: routers fitted to this video by k-means on "
+        "the router inputs of the dense step before (two sampler steps). *+second* = the second group on. Dense and "
+        "MoGA of a row come from the same run.",
         "",
         *union_step_table(union_steps),
+        "",
+        "### Several GPUs: sequence-parallel MoGA (Ulysses), 1 vs 2 H200",
+        "",
+        "`moga_core.parallel.sequence_parallel_moga_attention`: q/k/v sharded along the sequence, group ids "
+        "gathered, all-to-all to heads, MoGA (the block kernel) on the whole sequence for H/P heads, all-to-all "
+        "back. Random q/k/v and random groups of about N/M tokens; 'layer' = the attention layer alone; 'block' = "
+        "a STAND-IN transformer block with random weights (LayerNorm, qkv, RMSNorm, router, MoGA self-attention, "
+        "out projection, cross-attention to 512 text tokens, FFN; not Wan's code, no modulation or RoPE): its full "
+        "forward is extrapolated as block time × the model's block count (30 for 1.3B, 40 for 14B). 'err vs 1 GPU' "
+        "compares the 2-GPU layer output with the 1-GPU one (run with --check at 187,200 tokens).",
+        "",
+        "```",
+        "torchrun --nproc_per_node=2 bench/parallel.py --tokens 187200 --groups 5 --combine union --check \\",
+        "    --out bench/results/<card>x2_parallel_187k.json",
+        "torchrun --nproc_per_node=2 bench/parallel.py --tokens 580000 --groups 20 --combine union \\",
+        "    --out bench/results/<card>x2_parallel_580k.json",
+        "```",
+        "",
+        *parallel_tables(parallel),
         "",
         "### The attention layer",
         "",

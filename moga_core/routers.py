@@ -3,7 +3,8 @@
 File: one entry per block, ``blocks.{i}.router.weight`` (M, C) and ``blocks.{i}.router.bias`` (M,), plus metadata
 (all JSON strings): ``moga_format_version``, ``model_family``, ``hidden_size``, ``num_blocks``, ``num_groups``,
 ``combine`` ("mean" if trained with the model, "union" if calibrated), ``router_input``, ``source``
-(calibrated | trained | converted). Block indices are the model's block order; for HunyuanVideo the double
+(calibrated | trained | converted), and optionally ``capacity`` (the routing bound these routers are meant to run
+with: a number >= 1, or 0 for no bound; absent = the user's tool decides). Block indices are the model's block order; for HunyuanVideo the double
 blocks come first, then the single blocks (index = num_double + j).
 
 A *MoGA checkpoint* is a diffusion-model state dict with extra ``…blocks.{i}[.self_attn].router.{weight,bias}``
@@ -40,6 +41,9 @@ class RouterSet:
     source: str = "calibrated"
     router_input: str = ROUTER_INPUT
     extra: dict = field(default_factory=dict)
+    # the routing capacity these routers are meant to run with (`MogaConfig.capacity`): None = the file names none,
+    # 0 = no bound (e.g. routers trained with a balancing loss), else a number >= 1
+    capacity: float | None = None
 
     def __post_init__(self) -> None:
         if not self.routers:
@@ -57,6 +61,11 @@ class RouterSet:
             raise ValueError(f"combine must be one of {COMBINE_MODES}, got {self.combine!r}")
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if self.capacity is not None:
+            cap = self.capacity
+            if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not (cap == 0 or cap >= 1.0):
+                raise ValueError(f"capacity must be None (not named), 0 (no bound) or a number >= 1, got {cap!r}")
+            self.capacity = float(cap)
 
     @property
     def num_groups(self) -> int:
@@ -73,6 +82,8 @@ class RouterSet:
             "router_input": self.router_input,
             "source": self.source,
         }
+        if self.capacity is not None:
+            meta["capacity"] = self.capacity
         meta.update(self.extra)
         return {k: json.dumps(v) for k, v in meta.items()}
 
@@ -135,12 +146,16 @@ class RouterSet:
                 raise ValueError(f"{name} has router format version {version}; this pack reads up to "
                                  f"{FORMAT_VERSION} (update the pack)")
             known = {"moga_format_version", "model_family", "hidden_size", "num_blocks", "num_groups", "combine",
-                     "router_input", "source"}
+                     "router_input", "source", "capacity"}
+            capacity = meta.get("capacity")
+            if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, (int, float))):
+                raise ValueError(f"{name}: metadata 'capacity' must be a number (0 = no bound, else >= 1), got "
+                                 f"{capacity!r}")
             width = next(iter(routers.values())).in_features if routers else 0
             rs = cls(routers, str(meta.get("model_family", "unknown")), int(meta.get("hidden_size", width)),
                      int(meta.get("num_blocks", max(routers, default=-1) + 1)), str(meta.get("combine", "union")),
                      str(meta.get("source", "converted")), str(meta.get("router_input", ROUTER_INPUT)),
-                     {k: v for k, v in meta.items() if k not in known})
+                     {k: v for k, v in meta.items() if k not in known}, capacity)
         except (TypeError, KeyError) as exc:
             raise ValueError(f"{name}: malformed router metadata ({exc})") from None
         if "num_groups" in meta and int(meta["num_groups"]) != rs.num_groups:

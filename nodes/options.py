@@ -32,6 +32,10 @@ _ATTENTION_FIELDS = set(_CONFIG_FIELDS) - {"num_groups"}  # num_groups is the ro
 # 0.072); and it keeps a router that does not fit the video (one group for most tokens) from making MoGA slower
 # than dense. docs/PERFORMANCE.md has the table.
 PACK_DEFAULTS = {"capacity": 1.25}
+# the capacity input's "router default" (its default): the router file's capacity when it names one, else
+# PACK_DEFAULTS' (files from calibration name none; a trained model's file may say 0 = no bound)
+ROUTER_CAPACITY = -1.0
+_UNSET = object()  # an option value that leaves its field to the router file / the defaults
 
 
 class PatchOptions:
@@ -73,9 +77,15 @@ class PatchOptions:
                 f"dense_blocks={self.dense_blocks!r}, min_tokens={self.min_tokens}, "
                 f"dense_if_slower={self.dense_if_slower}, auto_groups={self.auto_groups}, config={self.config})")
 
-    def moga_config(self, num_groups: int, router_combine: str) -> MogaConfig:
-        """The attention config for routers of ``num_groups`` groups whose file says ``router_combine``."""
-        config = {"combine": router_combine, **PACK_DEFAULTS, **self.config, "num_groups": num_groups}
+    def moga_config(self, num_groups: int, router_combine: str, router_capacity: float | None = None) -> MogaConfig:
+        """The attention config for routers of ``num_groups`` groups whose file says ``router_combine`` and
+        ``router_capacity`` (`RouterSet.capacity`: None = names none, 0 = no bound). Precedence: what the user set,
+        then the router file, then `PACK_DEFAULTS`, then `MogaConfig`'s own defaults."""
+        config = {"combine": router_combine, **PACK_DEFAULTS}
+        if router_capacity is not None:
+            config["capacity"] = None if router_capacity == 0 else float(router_capacity)
+        config.update(self.config)
+        config["num_groups"] = num_groups
         if config.get("balanced"):
             config["capacity"] = None  # balanced (older workflows) is capacity 1.0, whatever the capacity input says
         return MogaConfig(**config)
@@ -156,11 +166,13 @@ OPTIONS: list[Option] = [
            tooltip="Attention kernel for the grouped calls; 'auto' picks the fastest installed: 'flex' (one exact "
                    "block-sparse kernel, CUDA with Triton), else 'varlen' (see `python -m moga_core info`)."),
     # added after the first release: optional inputs (see Option.optional)
-    Option("capacity", io.Float, field="capacity", default=PACK_DEFAULTS["capacity"], advanced=True, optional=True,
-           to_field=lambda v: None if v == 0 else v, widget_args={"min": 0.0, "max": 64.0, "step": 0.05},
+    Option("capacity", io.Float, field="capacity", default=ROUTER_CAPACITY, advanced=True, optional=True,
+           to_field=lambda v: _UNSET if v < 0 else (None if v == 0 else v),
+           widget_args={"min": ROUTER_CAPACITY, "max": 64.0, "step": 0.05},
            tooltip="No group takes more than capacity x (tokens / groups) tokens; a token over the bound goes to "
                    "its best group with room. Keeps a router that does not fit the video (one group for most "
-                   "tokens) from making MoGA slower than dense. 1 = equal groups; 0 = no bound."),
+                   f"tokens) from making MoGA slower than dense. 1 = equal groups; 0 = no bound; -1 = the router "
+                   f"file's own capacity, or {PACK_DEFAULTS['capacity']} when it names none."),
     Option("dense_if_slower", io.Boolean, field="dense_if_slower", advanced=True, optional=True,
            tooltip="Union mode: a layer whose groups are so unequal that MoGA would not beat dense attention runs "
                    "densely instead (the run's summary counts it). Off = always sparse (for studies)."),
@@ -196,6 +208,8 @@ def options_from_inputs(**values: Any) -> PatchOptions:
             raise ValueError(f"{option.id} must be one of {option.widget_args['options']}, got {value!r}")
         if option.to_field is not None:
             value = option.to_field(value)
+        if value is _UNSET:
+            continue
         if option.part is not None:
             parts = fields.setdefault(option.field, [None, None])
             parts[option.part] = value

@@ -283,7 +283,8 @@ class MogaPatch(BlockPatch):
             # k-means routers are meant for union (exact attention over the key sets), as calibrated ones are
             self.cfg = options.moga_config(num_groups=options.auto_groups, router_combine="union")
         else:
-            self.cfg = options.moga_config(num_groups=routers.num_groups, router_combine=routers.combine)
+            self.cfg = options.moga_config(num_groups=routers.num_groups, router_combine=routers.combine,
+                                           router_capacity=routers.capacity)
         self.sigma_start = None  # set per run from the model's model_sampling (ON_PRE_RUN)
         self.sigma_end = None
         self._device_routers: dict = {}

@@ -81,6 +81,31 @@ def test_bad_files_and_sets_are_clear_errors(tmp_path):
         RouterSet.load(stray)
 
 
+def test_capacity_in_the_file(tmp_path):
+    """A file may name the capacity its routers are meant to run with (0 = no bound); absent, it names none."""
+    path = str(tmp_path / "r.safetensors")
+    make_set().save(path)
+    with safe_open(path, framework="pt") as f:
+        assert "capacity" not in f.metadata()
+    assert RouterSet.load(path).capacity is None
+    for capacity in (0, 1.0, 2.5):
+        make_set(capacity=capacity).save(path)
+        back = RouterSet.load(path)
+        assert back.capacity == float(capacity) and back.extra == {}
+        assert RouterSet.from_plain(make_set(capacity=capacity).to_plain()).capacity == float(capacity)
+    for bad in (0.5, -1, "1.25", True):
+        with pytest.raises(ValueError, match="capacity must be None"):
+            make_set(capacity=bad)
+    save_file({"blocks.0.router.weight": torch.zeros(3, 16)}, path,
+              metadata={"moga_format_version": "1", "capacity": json.dumps("lots")})
+    with pytest.raises(ValueError, match="metadata 'capacity' must be a number"):
+        RouterSet.load(path)
+    save_file({"blocks.0.router.weight": torch.zeros(3, 16)}, path,
+              metadata={"moga_format_version": "1", "capacity": "0.5"})
+    with pytest.raises(ValueError, match="capacity must be None"):
+        RouterSet.load(path)
+
+
 def test_split_checkpoint_takes_router_keys_out():
     sd = {
         "double_blocks.0.img_attn.qkv.weight": torch.zeros(1),

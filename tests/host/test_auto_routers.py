@@ -168,6 +168,14 @@ def test_moga_apply_without_router_patches_with_auto_routers(moga, wan):
     with_router = apply.execute(model, given, **option_values(moga, auto_groups=4, min_tokens=0))[0]
     patch = moga.wiring.patch_of(with_router)
     assert patch.auto is None and patch.routers is given and patch.cfg.num_groups == 2
+    # capacity: the pack's default for auto routers and for a file that names none; a file's own wins over it;
+    # a value set on the node wins over the file
+    assert moga.wiring.patch_of(patched_model).cfg.capacity == patch.cfg.capacity == 1.25
+    given.capacity = 2.0
+    from_file = apply.execute(model, given, **option_values(moga, min_tokens=0))[0]
+    assert moga.wiring.patch_of(from_file).cfg.capacity == 2.0
+    chosen = apply.execute(model, given, **option_values(moga, min_tokens=0, capacity=1.5))[0]
+    assert moga.wiring.patch_of(chosen).cfg.capacity == 1.5
 
 
 def test_second_group_runs_in_the_patch_and_adds_keys(moga, wan):

@@ -83,6 +83,15 @@ def test_node_values_become_the_config(moga, options):
     # balanced (older workflows) wins over the capacity input; 0 means no bound
     assert options.options_from_inputs(**dict(values, balanced=True)).moga_config(3, "union").capacity == 1.0
     assert options.options_from_inputs(**dict(values, capacity=0.0)).moga_config(3, "union").capacity is None
+    # capacity: the input's default (-1) takes the router file's capacity when it names one, else the pack's
+    assert values["capacity"] == options.ROUTER_CAPACITY == -1.0
+    assert patch.moga_config(3, "union", router_capacity=2.0).capacity == 2.0
+    assert patch.moga_config(3, "union", router_capacity=0.0).capacity is None  # the file says: no bound
+    assert patch.moga_config(3, "union", router_capacity=None).capacity == options.PACK_DEFAULTS["capacity"]
+    chosen = options.options_from_inputs(**dict(values, capacity=1.5))  # what the user sets wins over the file
+    assert chosen.moga_config(3, "union", router_capacity=2.0).capacity == 1.5
+    assert options.options_from_inputs(**dict(values, capacity=0.0)).moga_config(3, "union", 2.0).capacity is None
+    assert options.options_from_inputs(**dict(values, balanced=True)).moga_config(3, "union", 2.0).capacity == 1.0
     assert patch.moga_config(num_groups=3, router_combine="mean").combine == "mean"  # 'router default'
     chosen = options.options_from_inputs(**dict(values, combine="union", windows_h=0, windows_w=0, balanced=True))
     cfg = chosen.moga_config(num_groups=3, router_combine="mean")
