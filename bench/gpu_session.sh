@@ -33,10 +33,10 @@ for stage in "$@"; do
         while IFS= read -r line; do echo "$(date -u +%T) $line"; done | tee "$OUT/cuda_tests.log" | tail -40 ;;
     layer)
       python3 bench/union_kernel.py --out "$OUT/layer.json" --points 187200:5,580320:20 --capacities none,1.25,1.0 \
-        --repeats 10 --profile "$OUT/profile.txt" ;;
+        --repeats 10 --back-to-back --profile "$OUT/profile.txt" ;;
     layer187)
       python3 bench/union_kernel.py --out "$OUT/layer_187k.json" --points 187200:5 --capacities 1.25,1.0 \
-        --varlen-capacities "" --repeats 10 --profile "$OUT/profile.txt" ;;
+        --varlen-capacities "" --repeats 10 --back-to-back --no-check ;;
     e2e)
       python3 bench/e2e.py --out "$OUT/e2e_187k.json" --cases 1.3b:187200 \
         --routers calibrated,skewed,auto,calibrated+second --profile "$OUT/profile.txt" ;;

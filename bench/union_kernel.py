@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from moga_core import MogaConfig, Router, moga_attention  # noqa: E402
-from moga_core.bench import profile_table, time_call  # noqa: E402
+from moga_core.bench import profile_table, time_back_to_back, time_call  # noqa: E402
 import moga_core.blocksparse as blocksparse  # noqa: E402
 from moga_core.blocksparse import BLOCK, _flex_module, build_block_plan, run_flex  # noqa: E402
 from moga_core.synthetic import structured_video_qkv  # noqa: E402
@@ -140,7 +140,8 @@ def sweep_kernel_options(tokens, groups, heads, head_dim, capacity, repeats):
 
 
 @torch.no_grad()
-def run_point(tokens, groups, heads, head_dim, capacities, repeats, varlen_capacities, check, profile=""):
+def run_point(tokens, groups, heads, head_dim, capacities, repeats, varlen_capacities, check, profile="",
+              back_to_back=False):
     layout, x, q, k, v = make_point(tokens, heads, head_dim)
     router = Router.fit(x.float(), groups, seed=0).cuda()
     res = {"tokens": layout.num_tokens, "grid": layout.grid, "shots": layout.shots, "heads": heads,
@@ -148,6 +149,8 @@ def run_point(tokens, groups, heads, head_dim, capacities, repeats, varlen_capac
     dense_out, dense_peak = peak_of(lambda: cudnn_dense(q, k, v))
     dense_ms = time_call(lambda: cudnn_dense(q, k, v), q.device, repeats)
     res["dense_ms"], res["dense_peak_gib"] = dense_ms, dense_peak
+    if back_to_back:
+        res["dense_b2b_ms"] = time_back_to_back(lambda: cudnn_dense(q, k, v), q.device, repeats)
     print(f"N={layout.num_tokens} dense cuDNN {dense_ms:.1f} ms", flush=True)
     dense_f = dense_out.float()
     first = True
@@ -175,6 +178,7 @@ def run_point(tokens, groups, heads, head_dim, capacities, repeats, varlen_capac
                 out, peak = peak_of(lambda: moga_attention(q, k, v, layout, cfg, g, gate if combine == "mean" else None,
                                                            stats=stats))
                 ms = time_call(layer, q.device, repeats)
+                b2b = time_back_to_back(layer, q.device, repeats) if back_to_back else None
                 sizes = torch.bincount(g[0], minlength=groups).tolist()
                 row = {"capacity": cap, "combine": combine, "backend": stats["backend"], "ms": ms,
                        "speedup": dense_ms / ms, "density": stats["density"], "work_density": stats["work_density"],
@@ -183,6 +187,8 @@ def run_point(tokens, groups, heads, head_dim, capacities, repeats, varlen_capac
                        "err_vs_dense": float((out.float() - dense_f).norm() / dense_f.norm())}
                 if cold is not None:
                     row["cold_ms"] = cold
+                if b2b is not None:
+                    row["b2b_ms"], row["b2b_speedup"] = b2b, res["dense_b2b_ms"] / b2b
                 if check and backend == "auto":
                     sl = slice(0, 1)
                     simple = moga_attention(q[:, :, sl].float(), k[:, :, sl].float(), v[:, :, sl].float(), layout,
@@ -197,7 +203,8 @@ def run_point(tokens, groups, heads, head_dim, capacities, repeats, varlen_capac
                       f"dens {row['density']:.3f} work {row['work_density']:.3f} err {row['err_vs_dense']:.3f} "
                       f"largest {row['largest_group']:.2f} peak {peak:.2f} GiB"
                       + (f" check {row['check']:.1e}" if "check" in row else "")
-                      + (f" cold {cold:.0f} ms" if cold else ""), flush=True)
+                      + (f" cold {cold:.0f} ms" if cold else "")
+                      + (f" | back to back {b2b:.1f} ms {row['b2b_speedup']:.2f}x" if b2b else ""), flush=True)
                 del out
                 torch.cuda.empty_cache()
     # the kernel's cost per block pair, for the plan of the default-ish capacity
@@ -221,6 +228,9 @@ def main(argv=None):
                    help="capacities at which the varlen paths are timed too (slow)")
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--no-check", action="store_true", help="skip the float32 one-head exactness check")
+    p.add_argument("--back-to-back", action="store_true",
+                   help="also time dense and each MoGA row as calls issued back to back (as a model's layers run; "
+                        "moga_core.bench.time_back_to_back), beside the default of one call at a time")
     p.add_argument("--profile", default="", help="text file for a torch.profiler table of the union layer at the "
                                                  "middle capacity of each point")
     p.add_argument("--sweep-kernel-options", action="store_true",
@@ -246,7 +256,7 @@ def main(argv=None):
     for point in args.points.split(","):
         tokens, groups = (int(s) for s in point.split(":"))
         out["points"].append(run_point(tokens, groups, args.heads, args.head_dim, caps, args.repeats, vcaps,
-                                       not args.no_check and tokens <= 200_000, args.profile))
+                                       not args.no_check and tokens <= 200_000, args.profile, args.back_to_back))
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)
     return 0
