@@ -123,16 +123,18 @@ def union_kernel_tables(runs) -> list[str]:
             out.append("")
         out += ["| card | N | M | capacity | combine | backend | median ms | speedup vs cuDNN dense | density | "
                 "computed / N² | largest group | err vs dense | exactness (fp32 loop, head 1) | peak GiB extra | "
-                "first call ms |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "first call ms | back to back: ms, speedup |", "|" + "---|" * 16]
         for p in run["points"]:
             out.append(f"| {card(run['device'])} ({run['run']}) | {p['tokens']:,} | {p['groups']} | — | dense | cuDNN SDPA | "
-                       f"{p['dense_ms']:.1f} | 1.00x | 1.000 | 1.000 | | | | {p['dense_peak_gib']:.2f} | |")
+                       f"{p['dense_ms']:.1f} | 1.00x | 1.000 | 1.000 | | | | {p['dense_peak_gib']:.2f} | | "
+                       f"{fmt(p.get('dense_b2b_ms'), '.1f')} |")
             for r in p["rows"]:
                 cap = "none" if r["capacity"] is None else f"{r['capacity']:g}"
                 out.append(f"| {card(run['device'])} ({run['run']}) | {p['tokens']:,} | {p['groups']} | {cap} | {r['combine']} | "
                            f"{r['backend']} | {r['ms']:.1f} | **{r['speedup']:.2f}x** | {r['density']:.3f} | "
                            f"{r['work_density']:.3f} | {100 * r['largest_group']:.0f}% | {r['err_vs_dense']:.3f} | "
-                           f"{fmt(r.get('check'), '.1e') or '—'} | {r['peak_gib']:.2f} | {fmt(r.get('cold_ms'), '.0f')} |")
+                           f"{fmt(r.get('check'), '.1e') or '—'} | {r['peak_gib']:.2f} | {fmt(r.get('cold_ms'), '.0f')} | "
+                           + (f"{r['b2b_ms']:.1f}, {r['b2b_speedup']:.2f}x |" if "b2b_ms" in r else " |"))
         out.append("")
         costs = [(p["tokens"], p["block_costs"]) for p in run["points"] if "block_costs" in p]
         if costs:
@@ -154,7 +156,10 @@ def fast_default_targets(kernel_runs, steps) -> list[str]:
             for p in run["points"]:
                 for r in p["rows"]:
                     if (p["tokens"], r["combine"], r["capacity"], r["backend"]) == (tokens, combine, capacity, "flex"):
-                        return r["speedup"], f"{r['ms']:.1f} vs {p['dense_ms']:.1f} ms ({card(run['device'])}, run {run['run']})"
+                        b2b = (f"; back to back {r['b2b_ms']:.1f} vs {p['dense_b2b_ms']:.1f} ms, "
+                               f"{r['b2b_speedup']:.2f}x" if "b2b_ms" in r else "")
+                        return r["speedup"], (f"{r['ms']:.1f} vs {p['dense_ms']:.1f} ms ({card(run['device'])}, run "
+                                              f"{run['run']}{b2b})")
         return None, "not measured"
 
     def step(model, tokens, routers, key="speedup"):
@@ -291,10 +296,10 @@ def main():
         "",
         *fast_default_targets(kernel_runs, union_steps),
         "",
-        "Each row quotes the newest run that measured it (file names sort by run). Why the misses, and what was "
-        "measured on the way: [bench/NOTES.md](../bench/NOTES.md) (v5, v6). The second session's runs (`h200x_s2*`) "
-        "shared their host with a CUDA test run on the host's other GPU (CPU contention only; each GPU ran one "
-        "job).",
+        "Each row quotes the newest run that measured it (runs sort by file name: `h200` = the first session, "
+        "`s2a`… = the second, in order). Runs `s2a`, `s2b`, `s2`, `s2m` ran on a host with two H200s, one job per GPU, "
+        "while a CUDA test run (Triton compilation) shared the host's CPUs; `s2c` ran alone on a one-GPU machine. "
+        "Why the misses, and what was measured on the way: [bench/NOTES.md](../bench/NOTES.md) (v5, v6).",
         "",
         "### One step of a Wan-shaped model (cond + uncond) through MoGALongVideoSampler",
         "",
@@ -332,7 +337,9 @@ def main():
         "routers (`Router.fit`), local branches on. Each MoGA time is the whole layer: routing with the capacity "
         "bound, the block plan (or the varlen packing), attention, unpacking. 'density' = the key sets' scores / N²; "
         "'computed' = the scores the kernel actually computes (whole 128×128 blocks on `flex`, every "
-        "inclusion–exclusion piece on `varlen`). 'peak GiB extra' = the layer's peak allocation above its inputs.",
+        "inclusion–exclusion piece on `varlen`). 'peak GiB extra' = the layer's peak allocation above its inputs. "
+        "'median ms' times one call at a time (the GPU idle before each); 'back to back' (where measured) issues "
+        "the calls one after another as a model's layers run (`moga_core.bench.time_back_to_back`).",
         "",
         *union_kernel_tables(kernel_runs),
         "## Earlier measurements (H100)",
