@@ -156,20 +156,24 @@ def subject_instances(latents: torch.Tensor, pred: torch.Tensor, batch: Batch, t
     return out, missing
 
 
-def identity_score(instances: list[dict], missing: int = 0) -> dict:
+def identity_score(instances: list[dict], missing: int = 0, far: int = 2) -> dict:
     """Cross-shot identity consistency (see the module docstring).
 
     A subject's identity colour in one shot = its mean latent minus the mean of the same subject class in the *other*
     videos of the set (leave-one-video-out), so whatever every video shares — the class colour, and any systematic
     bias of the model (blur, colour drift) — cancels, and only the per-video individual is left. Score = cosine
-    between a later shot's and the first found shot's identity colour, over all pairs; ``far`` = pairs at least two
-    shots apart.
+    between a later shot's and the first found shot's identity colour, over all pairs; ``identity_far`` = pairs at
+    least ``far`` shots apart; ``identity_span`` = each recurring subject's first vs last found appearance, where
+    those are at least ``far`` shots apart (the protagonist opens and closes every video: the longest distance
+    the video has).
     """
+    if isinstance(far, bool) or not isinstance(far, int) or far < 1:
+        raise ValueError(f"far must be an int >= 1 (shots apart), got {far!r}")
     by_class: dict[int, dict[int, list]] = {}
     for inst in instances:
         by_class.setdefault(inst["subject"], {}).setdefault(inst["video"], []).append(inst["mean"])
     video_mean = {(s, v): torch.stack(ms).mean(0) for s, vids in by_class.items() for v, ms in vids.items()}
-    cos_all, cos_far = [], []
+    cos_all, cos_far, cos_span = [], [], []
     groups: dict[tuple, list] = {}
     for inst in instances:
         groups.setdefault((inst["video"], inst["cast"]), []).append(inst)
@@ -184,11 +188,14 @@ def identity_score(instances: list[dict], missing: int = 0) -> dict:
         for inst in insts[1:]:
             cos = float(F.cosine_similarity(inst["mean"] - centre, first, dim=0))
             cos_all.append(cos)
-            if inst["shot"] - insts[0]["shot"] >= 2:
+            if inst["shot"] - insts[0]["shot"] >= far:
                 cos_far.append(cos)
+        if insts[-1]["shot"] - insts[0]["shot"] >= far:
+            cos_span.append(cos_all[-1])
     mean = lambda v: sum(v) / len(v) if v else float("nan")  # noqa: E731
-    return {"identity": mean(cos_all), "identity_far": mean(cos_far), "identity_pairs": len(cos_all),
-            "identity_far_pairs": len(cos_far), "identity_missing": missing}
+    return {"identity": mean(cos_all), "identity_far": mean(cos_far), "identity_span": mean(cos_span),
+            "identity_pairs": len(cos_all), "identity_far_pairs": len(cos_far), "identity_span_pairs": len(cos_span),
+            "identity_far_shots": far, "identity_missing": missing}
 
 
 def _core(mask: torch.Tensor) -> torch.Tensor:

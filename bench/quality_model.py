@@ -31,7 +31,7 @@ if PACK_ROOT not in sys.path:
     sys.path.insert(0, PACK_ROOT)
 
 from moga_core import MogaConfig, Router, VideoLayout, balance_loss, moga_attention  # noqa: E402
-from moga_core.distill import attended_fraction  # noqa: E402
+from moga_core.router import second_choice  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
 # ComfyUI
@@ -215,11 +215,18 @@ class AttentionMode:
 
     kind: ``dense`` | ``moga`` (routers) | ``random`` (fixed random balanced groups) | ``local`` (window + frame keys
     only) | ``svg2`` (per-head online k-means of q and k, top-p key clusters).
+
+    ``routers``: one ``moga_core.Router`` per block, or per block a list of one router per sample of the batch
+    (per-sample routers: the pack's "auto" routers, fitted on each video's own router inputs). ``auto=True``
+    (kind ``moga``): the routers are fitted during sampling, per sample, at the last dense step (`sample`'s
+    ``dense_steps``; `fit_auto_routers`), as the pack's auto routers are; ``routers`` is then filled by `sample`.
+    ``cfg.capacity`` and ``cfg.second_group`` are honoured for kind ``moga`` as the pack's patch does.
     """
 
     kind: str = "dense"
     cfg: MogaConfig | None = None
-    routers: list | None = None  # one moga_core.Router per block
+    routers: list | None = None  # per block: a moga_core.Router, or a list of them (one per sample)
+    auto: bool = False
     seed: int = 0
     svg2_q_clusters: int = 32
     svg2_k_clusters: int = 128
@@ -242,6 +249,9 @@ class AttentionController:
         self.rel_err: dict[int, list] = {}
         self.density: dict[int, list] = {}
         self.coverage: dict[int, list] = {}
+        self.keyset: dict[int, list] = {}  # key-set density (pairs attended / N²) of every recorded call
+        self.record = True  # False: the calls are not recorded (dense warm-up steps of a sparse row)
+        self.capture_qkv = True  # False: capture keeps only the router inputs x (auto-router fitting)
         self._svg2_state: dict = {}
         self._random_groups: dict = {}
         self._pending = None
@@ -272,7 +282,7 @@ class AttentionController:
             self.layout = layout
 
     def reset_records(self) -> None:
-        self.rel_err, self.density, self.coverage, self.aux = {}, {}, {}, []
+        self.rel_err, self.density, self.coverage, self.keyset, self.aux = {}, {}, {}, {}, []
 
     def new_sample(self) -> None:
         """Forget per-sampling state (SVG2's warm-started centroids)."""
@@ -317,8 +327,10 @@ class AttentionController:
         dtype = v.dtype
         q4, k4, v4 = (t.reshape(b, n, heads, d).to(dtype) for t in (q, k, v))
         if self.capture is not None:
-            self.capture.setdefault(index, []).append(
-                {"x": x.detach().float(), "q": q4.detach(), "k": k4.detach(), "v": v4.detach(), "layout": self.layout})
+            entry = {"x": x.detach().float(), "layout": self.layout}
+            if self.capture_qkv:
+                entry.update(q=q4.detach(), k=k4.detach(), v=v4.detach())
+            self.capture.setdefault(index, []).append(entry)
         mode = self.mode
         dense = None
         if mode.kind == "dense" or self.compare:
@@ -329,18 +341,16 @@ class AttentionController:
         elif mode.kind == "svg2":
             out, density = svg2_attention(q4, k4, v4, self._svg2_state, index, mode)
             coverage = density
-        else:
-            out, density, groups, cfg = self._moga(index, x, q4, k4, v4)
-            coverage = None
-            if self.compare:  # the attended fraction on a fixed subset of sample 0's queries
-                nv = self.layout.num_video_tokens
-                qidx = torch.arange(0, nv, max(1, nv // 256), device=groups.device)
-                coverage = attended_fraction(self.layout, cfg, groups[0], qidx)
+        else:  # coverage: the key-set density G ∪ W ∪ F of every query of every sample (moga_attention's stats)
+            out, density, coverage = self._moga(index, x, q4, k4, v4)
+        if not self.record:
+            return out.reshape(b, n, hd)
         if self.compare:
             err = (out.detach().float() - dense.float()).norm() / dense.float().norm().clamp_min(1e-12)
             self.rel_err.setdefault(index, []).append(float(err))
             self.coverage.setdefault(index, []).append(float(coverage))
         self.density.setdefault(index, []).append(float(density))
+        self.keyset.setdefault(index, []).append(float(coverage))
         return out.reshape(b, n, hd)
 
     def _moga(self, index, x, q4, k4, v4):
@@ -356,6 +366,8 @@ class AttentionController:
                              backend=cfg.backend)
             groups = torch.arange(nv, device=q4.device).expand(b, nv)
         elif mode.kind == "random":
+            if cfg.second_group:
+                raise ValueError("random groups have no second choice: expected MogaConfig(second_group=False)")
             key = (index, nv, cfg.num_groups)
             if key not in self._random_groups:
                 gen = torch.Generator().manual_seed(mode.seed * 1000 + index)
@@ -365,17 +377,63 @@ class AttentionController:
                 self._random_groups[key] = g.to(q4.device)
             groups = self._random_groups[key].expand(b, nv)
         elif mode.kind == "moga":
-            router = mode.routers[index]
+            if mode.routers is None:
+                raise RuntimeError("MoGA mode without routers: auto routers are fitted by sample(dense_steps >= 1)")
             xv = x[:, layout.prefix:layout.prefix + nv]
-            groups, gate, probs, _ = router.route(xv, balanced=cfg.balanced)
+            groups, gate, probs, logits = route_batch(mode.routers[index], xv, cfg)
             if self.aux_alpha > 0 and torch.is_grad_enabled():
                 self.aux.append(balance_loss(probs, groups, alpha=self.aux_alpha))
         else:
             raise ValueError(f"unknown attention mode {mode.kind!r}")
+        groups2 = second_choice(logits, groups) if cfg.second_group else None
         stats: dict = {}
         out = moga_attention(q4, k4, v4, layout, cfg, groups=groups,
-                             gate=gate if cfg.combine == "mean" else None, stats=stats)
-        return out, stats["work_density"], groups, cfg  # scores computed (QUALITY.md: scores/N²)
+                             gate=gate if cfg.combine == "mean" else None, stats=stats, groups2=groups2)
+        return out, stats["work_density"], stats["density"]  # scores computed (scores/N²), key-set density
+
+
+def route_batch(router, xv: torch.Tensor, cfg: MogaConfig):
+    """Route video router inputs ``xv`` (B, Nv, C) with one router or a list of B routers (one per sample).
+
+    Returns (groups (B, Nv) int64, gate (B, Nv), probs (B, Nv, M), logits (B, Nv, M)); ``cfg.capacity`` bounds the
+    group sizes per sample (`moga_core.router.capacity_assignment`), ``cfg.balanced`` is capacity 1.0."""
+    capacity = None if cfg.balanced else cfg.capacity
+    if isinstance(router, (list, tuple)):
+        if len(router) != xv.shape[0]:
+            raise ValueError(f"per-sample routers: expected one per sample ({xv.shape[0]}), got {len(router)}")
+        parts = [r.route(xv[s:s + 1], balanced=cfg.balanced, capacity=capacity) for s, r in enumerate(router)]
+        return tuple(torch.cat([p[j] for p in parts]) for j in range(4))
+    return router.route(xv, balanced=cfg.balanced, capacity=capacity)
+
+
+# the pack's auto routers (nodes/auto_routers.py): AUTO_TOKENS_PER_BLOCK rows sampled per block, seed AUTO_SEED,
+# Router.fit with AUTO_ITERS Lloyd steps; tests/host/test_quality_slice.py checks these equal the node's constants
+AUTO_TOKENS_PER_BLOCK = 4096
+AUTO_SEED = 0
+AUTO_ITERS = 25
+
+
+def fit_auto_routers(captured: dict[int, list[dict]], num_groups: int, tokens: int = AUTO_TOKENS_PER_BLOCK,
+                     seed: int = AUTO_SEED, iters: int = AUTO_ITERS) -> dict[int, list[Router]]:
+    """Per block and per sample, a router fitted on that sample's own router inputs, as the pack's auto routers are.
+
+    ``captured``: block -> list of one capture {x (B, N, C), layout} (the forward of the last dense step). Each
+    sample's video rows: a seeded uniform sample of ``tokens`` of them (all when fewer), k-means
+    (`moga_core.Router.fit`, ``seed``, ``iters``). Returns block -> [Router per sample]."""
+    out = {}
+    for i in sorted(captured):
+        entry = captured[i][-1]
+        x, layout = entry["x"], entry["layout"]
+        xv = x[:, layout.prefix:layout.prefix + layout.num_video_tokens]
+        routers = []
+        for s in range(xv.shape[0]):
+            rows = xv[s]
+            if rows.shape[0] > tokens:
+                gen = torch.Generator().manual_seed(seed)
+                rows = rows[torch.randperm(rows.shape[0], generator=gen)[:tokens].to(rows.device)]
+            routers.append(Router.fit(rows.to(torch.float16).float(), num_groups, iters=iters, seed=seed))
+        out[i] = routers
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -397,15 +455,13 @@ def _kmeans_step(points, centroids):
 
 
 @torch.no_grad()
-def svg2_attention(q, k, v, state: dict, index: int, mode: AttentionMode):
-    """SVG2-style semantic-aware sparse attention, simply (correctness over speed).
+def svg2_clusters(q, k, state: dict, index: int, mode: AttentionMode) -> dict:
+    """SVG2's clustering of one call: per (sample, head), k-means of the queries into ``svg2_q_clusters`` and of the
+    keys into ``svg2_k_clusters`` (``svg2_iters`` Lloyd steps, warm-started from ``state``'s centroids of the previous
+    call, as SVG2 does across denoising steps; ``state`` receives the new ones).
 
-    Per (sample, head): k-means of the queries into ``svg2_q_clusters`` and of the keys into ``svg2_k_clusters``
-    (``svg2_iters`` Lloyd steps, warm-started from the previous call's centroids, as SVG2 does across denoising
-    steps); each query cluster attends to the smallest set of key clusters whose estimated attention mass
-    (softmax over centroid scores + log cluster size) reaches ``svg2_top_p``. Runs as masked dense attention.
-    Returns (out (B, N, H, D), density = scores computed / N²).
-    """
+    q, k (B, N, H, D) -> {q_lab, k_lab (B·H, N), q_cnt (B·H, Cq), k_cnt (B·H, Ck), probs (B·H, Cq, Ck): the
+    centroid-estimated attention mass of each key cluster for each query cluster}."""
     b, n, h, d = q.shape
     scale = d ** -0.5
     qf = q.float().permute(0, 2, 1, 3).reshape(b * h, n, d)
@@ -427,27 +483,55 @@ def svg2_attention(q, k, v, state: dict, index: int, mode: AttentionMode):
     q_lab, _, q_cnt = _kmeans_step(qf, cq)
     k_lab, _, k_cnt = _kmeans_step(kf, ck)
     state[(index, "q")], state[(index, "k")] = cq, ck
-
     logits = (cq @ ck.transpose(1, 2)) * scale + torch.log(k_cnt.clamp_min(1e-30))[:, None, :]
     logits = logits.masked_fill(k_cnt[:, None, :] == 0, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)  # (G, Cq, Ck)
-    sorted_p, order = probs.sort(dim=-1, descending=True)
-    keep_sorted = (sorted_p.cumsum(-1) - sorted_p) < mode.svg2_top_p  # the cluster crossing p is kept
-    keep_sorted[..., 0] = True
-    sel = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)  # (G, Cq, Ck)
-    pairs = (q_cnt[:, :, None] * k_cnt[:, None, :] * sel).sum()
+    return {"q_lab": q_lab, "k_lab": k_lab, "q_cnt": q_cnt, "k_cnt": k_cnt, "probs": torch.softmax(logits, dim=-1)}
 
-    out = torch.empty_like(q)
-    q_lab = q_lab.view(b, h, n)
-    k_lab = k_lab.view(b, h, n)
+
+def svg2_select(clusters: dict, top_p: float) -> tuple[torch.Tensor, float]:
+    """Per query cluster, the smallest set of key clusters holding ``top_p`` of the estimated mass (the cluster
+    crossing p is kept). -> (sel (B·H, Cq, Ck) bool, density = query-key pairs selected / (B·H·N²))."""
+    probs = clusters["probs"]
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    keep_sorted = (sorted_p.cumsum(-1) - sorted_p) < top_p
+    keep_sorted[..., 0] = True
+    sel = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    q_cnt, k_cnt = clusters["q_cnt"], clusters["k_cnt"]
+    pairs = (q_cnt[:, :, None] * k_cnt[:, None, :] * sel).sum()
+    n = clusters["q_lab"].shape[1]
+    return sel, float(pairs) / float(q_cnt.shape[0] * n * n)
+
+
+SVG2_MASK_ELEMENTS = 1 << 28  # query chunk of the masked attention: (H, chunk, N) mask elements at most
+
+
+@torch.no_grad()
+def svg2_attention(q, k, v, state: dict, index: int, mode: AttentionMode):
+    """SVG2-style semantic-aware sparse attention, simply (correctness over speed).
+
+    `svg2_clusters` (per (sample, head) k-means of q and k, warm-started across calls) then `svg2_select` (each query
+    cluster attends to the key clusters holding ``svg2_top_p`` of the estimated mass). Runs as masked dense
+    attention over chunks of queries (the (H, chunk, N) mask stays under ``SVG2_MASK_ELEMENTS`` elements, so it
+    fits at 36k+ tokens). Returns (out (B, N, H, D), density = scores computed / N²).
+    """
+    b, n, h, d = q.shape
+    clusters = svg2_clusters(q, k, state, index, mode)
+    sel, density = svg2_select(clusters, mode.svg2_top_p)
+    nq, nk = sel.shape[1:]
+    q_lab = clusters["q_lab"].view(b, h, n)
+    k_lab = clusters["k_lab"].view(b, h, n)
     sel = sel.view(b, h, nq, nk)
+    chunk = max(1, min(n, SVG2_MASK_ELEMENTS // (h * n)))
+    out = torch.empty_like(q)
     for i in range(b):
-        rows = sel[i].gather(1, q_lab[i][..., None].expand(h, n, nk))  # (H, N, Ck)
-        mask = rows.gather(2, k_lab[i][:, None, :].expand(h, n, n))  # (H, N, N)
-        o = F.scaled_dot_product_attention(q[i].transpose(0, 1)[None], k[i].transpose(0, 1)[None],
-                                           v[i].transpose(0, 1)[None], attn_mask=mask[None], scale=scale)
-        out[i] = o[0].transpose(0, 1)
-    return out, float(pairs) / float(b * h * n * n)
+        qi, ki, vi = (t[i].transpose(0, 1)[None] for t in (q, k, v))  # (1, H, N, D)
+        for a in range(0, n, chunk):
+            e = min(n, a + chunk)
+            rows = sel[i].gather(1, q_lab[i, :, a:e, None].expand(h, e - a, nk))  # (H, chunk, Ck)
+            mask = rows.gather(2, k_lab[i][:, None, :].expand(h, e - a, n))  # (H, chunk, N)
+            o = F.scaled_dot_product_attention(qi[:, :, a:e], ki, vi, attn_mask=mask[None], scale=d ** -0.5)
+            out[i, a:e] = o[0].transpose(0, 1)
+    return out, density
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -637,23 +721,67 @@ def _sync(device) -> None:
 
 
 @torch.no_grad()
-def sample(model, ctrl, context, noise, steps: int, shift: float, autocast: bool, step_times: list | None = None):
-    """Euler sampling of the rectified flow from t = 1 (``noise``) to 0; ``step_times`` receives seconds/step."""
+def sample(model, ctrl, context, noise, steps: int, shift: float, autocast: bool, step_times: list | None = None,
+           dense_steps: int = 0):
+    """Euler sampling of the rectified flow from t = 1 (``noise``) to 0; ``step_times`` receives seconds/step.
+
+    ``dense_steps``: the first steps run dense attention, not recorded (the pack's dense warm-up, ``start_percent``);
+    the controller's mode runs from then on. With an auto mode (``ctrl.mode.auto``) the router inputs of the last
+    dense step are captured and each sample's routers fitted on its own (`fit_auto_routers`), as the pack does; the
+    mode's ``routers`` then hold them (block -> [Router per sample]).
+    """
     device = noise.device
     ctrl.new_sample()
+    mode = ctrl.mode
+    if mode.auto and not 1 <= dense_steps < steps:
+        raise ValueError(f"auto routers are fitted at the last dense step: expected 1 <= dense_steps < steps "
+                         f"({steps}), got dense_steps = {dense_steps}")
     x = noise.clone()
     ts = shift_t(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).tolist()
-    for i in range(steps):
-        t = torch.full((x.shape[0],), ts[i], device=device, dtype=torch.float32)
-        if step_times is not None:
-            _sync(device)
-            t0 = time.perf_counter()
-        v = predict(model, ctrl, x, t, context, autocast)
-        x = x + (ts[i + 1] - ts[i]) * v
-        if step_times is not None:
-            _sync(device)
-            step_times.append(time.perf_counter() - t0)
+    dense = AttentionMode("dense")
+    try:
+        for i in range(steps):
+            warm = i < dense_steps
+            ctrl.mode, ctrl.record = (dense, False) if warm else (mode, True)
+            fit_here = warm and mode.auto and i == dense_steps - 1
+            if fit_here:
+                ctrl.capture, ctrl.capture_qkv = {}, False
+            t = torch.full((x.shape[0],), ts[i], device=device, dtype=torch.float32)
+            if step_times is not None:
+                _sync(device)
+                t0 = time.perf_counter()
+            try:
+                v = predict(model, ctrl, x, t, context, autocast)
+            finally:
+                captured = ctrl.capture
+                if fit_here:
+                    ctrl.capture, ctrl.capture_qkv = None, True
+            if fit_here:
+                mode.routers = [r for _, r in sorted(fit_auto_routers(captured, mode.cfg.num_groups).items())]
+                del captured
+            x = x + (ts[i + 1] - ts[i]) * v
+            if step_times is not None and not warm:
+                _sync(device)
+                step_times.append(time.perf_counter() - t0)
+    finally:
+        ctrl.mode, ctrl.record = mode, True
     return x
+
+
+@torch.no_grad()
+def predict_mode(model, ctrl, xt, t, context, autocast: bool):
+    """`predict` with the controller's mode; an auto mode first runs the same input dense, unrecorded, and fits
+    each sample's routers on that forward's router inputs (teacher-forced evaluation of auto routers)."""
+    mode = ctrl.mode
+    if mode.auto:
+        ctrl.mode, ctrl.record, ctrl.capture, ctrl.capture_qkv = AttentionMode("dense"), False, {}, False
+        try:
+            predict(model, ctrl, xt, t, context, autocast)
+            captured = ctrl.capture
+        finally:
+            ctrl.mode, ctrl.record, ctrl.capture, ctrl.capture_qkv = mode, True, None, True
+        mode.routers = [r for _, r in sorted(fit_auto_routers(captured, mode.cfg.num_groups).items())]
+    return predict(model, ctrl, xt, t, context, autocast)
 
 
 def noisy(x0, t: float, seed: int):
