@@ -45,8 +45,9 @@ from quality_metrics import (GaussianBaseline, adherence, fidelity, identity_sco
                              subject_instances, train_probe)
 from quality_model import (AttentionController, AttentionMode, ModelSpec, TrainConfig, build_model,  # noqa: E402
                            capture, clone_routers, copy_model, fit_routers, layout_for, load_checkpoint, load_comfy,
-                           noisy, param_count, predict, pure_torch_rope, sample, save_checkpoint, soften_router,
-                           train)
+                           noisy, param_count, predict, predict_mode, pure_torch_rope, sample, save_checkpoint,
+                           soften_router, train)
+from quality_tune import tune  # noqa: E402
 
 SEED_CALIB, SEED_EVAL, SEED_PROBE = 9_100_000, 9_200_000, 9_300_000
 FORMAT = 1
@@ -81,6 +82,20 @@ class StudyConfig:
     svg2_iters: int = 3
     deadline: float | None = None  # seconds from the start: rows that would end later are skipped (GPU call limit)
     seed: int = 0
+    # --- the study at length (matched densities); empty targets = the original row set (ROWS)
+    targets: tuple[float, ...] = ()  # densities every training-free mode is tuned to (quality_tune)
+    matched_modes: tuple[str, ...] = ("union_auto", "union_auto_g2", "union_calibrated", "random_groups", "svg2")
+    capacity: float | None = 1.25  # routed modes' capacity bound (the pack's default, nodes/options.py)
+    tune_max_groups: int = 64
+    tune_auto_t: float | None = None  # calibration noise level the auto routers are tuned at (None: every one)
+    dense_steps: int = 0  # sampling steps run dense before a training-free row's mode (the node's start_percent)
+    far_shots: int = 2  # identity_far: pairs at least this many shots apart (and identity_span's minimum)
+    train_task: TaskSpec | None = None  # dense training clips (None: the evaluation task); same world, frame size
+    dense_long: TrainConfig | None = None  # a second dense phase on the evaluation task (full length)
+
+    @property
+    def matched(self) -> bool:
+        return bool(self.targets)
 
     def moga(self, combine: str, num_groups: int | None = None) -> MogaConfig:
         return MogaConfig(num_groups=num_groups or self.num_groups, window=self.window,
@@ -119,7 +134,99 @@ def preset(name: str) -> StudyConfig:
             num_groups=3, temporal_group=2, distill_steps=10, calib_batches=1, calib_batch=2, calib_ts=(0.7, 0.3),
             eval_batches=2, eval_batch=2, sample_steps=3, shift=1.0, loss_ts=(0.5,), probe_batches=2, probe_batch=4,
             probe_steps=300, svg2_q_clusters=4, svg2_k_clusters=8, svg2_iters=2)
+    if name == "long":
+        # the study at length (issue 12): 96 latent frames of 32×48 latent pixels (36,864 tokens), 6–8 shots, and a
+        # larger model than `full` (dim 384, 6 heads of 64, 6 blocks, FFN 1024: 11.9 M parameters vs 3.8 M).
+        # Estimate (forward FLOPs per token and block = 2·(6d² + 2·d·FFN) + 4·N·d; training = 3× forward): `full`
+        # trained at 100 ms/step (batch 8 × 9,216 tokens, 4 blocks of d 256: 9.5 TFLOP/step -> ~95 TFLOP/s
+        # effective on the H100, bench/results/quality/run1); the H200 has the H100's compute, so the same rate:
+        # - dense training on 96-frame videos would cost 4.0e13 FLOPs per video-step (~0.42 s): ~570 video-steps in
+        #   4 minutes, too few. So phase 1 trains on 24-frame clips of the same frame size and shot statistics
+        #   (2.9e12 per video-step, ~0.25 s per batch of 8: ~700 steps in 180 s), phase 2 adapts the model to the
+        #   full length (60 s, batch 2, ~0.85 s/step: ~70 steps): trained short, run long, as video models are;
+        # - the MoGA fine-tune runs at full length (mean mode, density ~0.3; 60 s budget);
+        # - evaluation: a 96-frame forward is 1.33e13 FLOPs (~0.1 s at ~130 TFLOP/s inference); 8 videos × 16
+        #   steps (+ 2 teacher-forced noise levels, dense and mode) ≈ 15 s a row for dense, ~20 s for the routed
+        #   rows, ~40 s for SVG2 (masked attention over query chunks + per-head k-means); 1 + 5 modes × 3
+        #   densities + the fine-tune = 17 rows ≈ 400 s; calibration, tuning and probe ≈ 40 s.
+        # Total ≈ 180 + 60 + 60 + 40 + 400 ≈ 740 s ≈ 12 min plus start-up (one H200; the H100 `full` run: ~8 min).
+        task = TaskSpec(frames=96, height=32, width=48, min_shots=6, max_shots=8, min_shot_frames=8)
+        train_task = TaskSpec(frames=24, height=32, width=48, min_shots=3, max_shots=6, min_shot_frames=3)
+        return StudyConfig(
+            name="long", task=task, train_task=train_task,
+            model=ModelSpec(dim=384, heads=6, layers=6, ffn=1024, freq_dim=256),
+            dense=TrainConfig(seconds=180, batch=8, lr=8e-4, warmup=150, shift=2.0, log_every=100),
+            dense_long=TrainConfig(seconds=60, batch=2, lr=2e-4, warmup=10, shift=2.0, log_every=20, seed=2,
+                                   layout_pool=16),
+            finetune=TrainConfig(seconds=60, batch=2, lr=2e-4, router_lr=1e-3, warmup=10, shift=2.0, alpha=0.1,
+                                 weight_decay=0.0, log_every=20, seed=1, layout_pool=16),
+            num_groups=8, temporal_group=4, neighbor_frames=1, calib_batches=2, calib_batch=2,
+            calib_ts=(0.8, 0.5, 0.2), eval_batches=2, eval_batch=4, sample_steps=16, shift=2.0, loss_ts=(0.3, 0.7),
+            probe_batches=2, probe_batch=4, probe_steps=1500, targets=(0.15, 0.25, 0.35), dense_steps=3,
+            far_shots=4, tune_auto_t=0.5, distill_steps=0)
+    if name == "long-tiny":  # CI slice of `long`: the same pipeline (short-clip training, tuning, every row), tiny
+        task = TaskSpec(frames=12, height=8, width=16, min_shots=6, max_shots=6, min_shot_frames=2, num_subjects=4,
+                        num_backgrounds=4, cast=2, text_dim=32)
+        train_task = TaskSpec(frames=6, height=8, width=16, min_shots=2, max_shots=3, min_shot_frames=2,
+                              num_subjects=4, num_backgrounds=4, cast=2, text_dim=32)
+        return StudyConfig(
+            name="long-tiny", task=task, train_task=train_task,
+            model=ModelSpec(dim=64, heads=2, layers=2, ffn=128, freq_dim=64, text_dim=32),
+            dense=TrainConfig(steps=8, batch=2, lr=2e-3, warmup=2, shift=1.0, log_every=8, layout_pool=4),
+            dense_long=TrainConfig(steps=3, batch=2, lr=5e-4, warmup=1, shift=1.0, log_every=3, layout_pool=2,
+                                   seed=2),
+            finetune=TrainConfig(steps=3, batch=2, lr=2e-4, router_lr=1e-3, warmup=1, shift=1.0, alpha=0.1,
+                                 log_every=3, layout_pool=2, seed=1),
+            num_groups=4, temporal_group=2, distill_steps=0, calib_batches=1, calib_batch=2, calib_ts=(0.7, 0.3),
+            eval_batches=1, eval_batch=3, sample_steps=4, shift=1.0, loss_ts=(0.5,), probe_batches=2, probe_batch=3,
+            probe_steps=200, svg2_q_clusters=4, svg2_k_clusters=8, svg2_iters=2, targets=(0.15, 0.25, 0.35),
+            dense_steps=1, far_shots=3, tune_auto_t=0.3, tune_max_groups=32)
     raise ValueError(f"unknown preset {name!r}")
+
+
+PRESETS = ("full", "small", "tiny", "long", "long-tiny")
+
+MATCHED_LABELS = {
+    "union_auto": "MoGA union, auto routers",
+    "union_auto_g2": "MoGA union, auto routers + second group",
+    "union_calibrated": "MoGA union, routers calibrated on other prompts",
+    "random_groups": "MoGA union, random groups",
+    "svg2": "SVG2-style per-head k-means, top-p",
+}
+
+
+def matched_key(mode: str, target: float) -> str:
+    return f"{mode}@{target:.2f}"
+
+
+def matched_rows(cfg: StudyConfig, tuned: dict, routers_cal: dict, routers_ft: list) -> list[tuple]:
+    """The rows of a matched-density study: dense; every mode of ``cfg.matched_modes`` at every target density with
+    the knob `quality_tune.tune` chose; the MoGA fine-tune (mean mode, its own routers and M) as the trained
+    reference. Each row: (key, label, weights, AttentionMode, dense warm-up steps, extra JSON fields)."""
+    rows = [("dense", "Dense attention", "dense", AttentionMode("dense"), 0, {})]
+    for target in cfg.targets:
+        for mode in cfg.matched_modes:
+            t = tuned[(mode, float(target))]
+            extra = {"mode": mode, "target_density": float(target), "tuned_density": t.density, "params": t.params}
+            if mode == "svg2":
+                am = AttentionMode("svg2", seed=cfg.seed, svg2_q_clusters=cfg.svg2_q_clusters,
+                                   svg2_k_clusters=cfg.svg2_k_clusters, svg2_top_p=t.params["svg2_top_p"],
+                                   svg2_iters=cfg.svg2_iters)
+            else:
+                mcfg = replace(cfg.moga("union", num_groups=t.params["num_groups"]), capacity=t.params["capacity"],
+                               second_group=t.params["second_group"])
+                if mode == "random_groups":
+                    am = AttentionMode("random", mcfg, seed=cfg.seed)
+                elif mode == "union_calibrated":
+                    am = AttentionMode("moga", mcfg, routers=routers_cal[t.params["num_groups"]])
+                else:
+                    am = AttentionMode("moga", mcfg, auto=True)
+            rows.append((matched_key(mode, target), f"{MATCHED_LABELS[mode]} @ {target:.2f}", "dense", am,
+                         cfg.dense_steps, extra))
+    rows.append(("moga_finetuned", "MoGA mean, fine-tuned model + routers", "finetuned",
+                 AttentionMode("moga", cfg.moga("mean"), routers=routers_ft), 0,
+                 {"mode": "moga_finetuned", "params": {"num_groups": cfg.num_groups}}))
+    return rows
 
 
 ROWS = [
@@ -161,8 +268,12 @@ def _mean(values):
     return sum(values) / len(values) if values else float("nan")
 
 
-def evaluate_row(model, ctrl, mode, cfg: StudyConfig, task, eval_set, probe, autocast, dense_samples, log) -> dict:
-    """Teacher-forced flow loss + per-layer attention error, then sampling + sample metrics, for one row."""
+def evaluate_row(model, ctrl, mode, cfg: StudyConfig, task, eval_set, probe, autocast, dense_samples, log,
+                 dense_steps: int = 0) -> dict:
+    """Teacher-forced flow loss + per-layer attention error, then sampling + sample metrics, for one row.
+
+    ``dense_steps``: sampling steps run dense before the mode (the node's dense warm-up); an auto mode fits its
+    routers there (and, teacher-forced, on a dense forward of the same input: `predict_mode`)."""
     device = eval_set[0][0].latents.device
     ctrl.set(mode)
     ctrl.reset_records()
@@ -174,7 +285,7 @@ def evaluate_row(model, ctrl, mode, cfg: StudyConfig, task, eval_set, probe, aut
             for ti, t in enumerate(cfg.loss_ts):
                 xt, eps = noisy(batch.latents, t, SEED_EVAL + 100 * bi + ti)
                 tt = torch.full((xt.shape[0],), float(t), device=device)
-                pred = predict(model, ctrl, xt, tt, batch.context, autocast)
+                pred = predict_mode(model, ctrl, xt, tt, batch.context, autocast)
                 losses.append(float((pred - (eps - batch.latents)).pow(2).mean()))
     rel_err = [_mean(ctrl.rel_err.get(i, [])) for i in range(len(model.blocks))]
     coverage = _mean([c for i in range(len(model.blocks)) for c in ctrl.coverage.get(i, [])])
@@ -183,11 +294,14 @@ def evaluate_row(model, ctrl, mode, cfg: StudyConfig, task, eval_set, probe, aut
     samples, step_times = [], []
     for bi, (batch, noise) in enumerate(eval_set):
         ctrl.set(layout=layout_for(task.spec, batch.shots))
-        samples.append(sample(model, ctrl, batch.context, noise, cfg.sample_steps, cfg.shift, autocast, step_times))
+        samples.append(sample(model, ctrl, batch.context, noise, cfg.sample_steps, cfg.shift, autocast, step_times,
+                              dense_steps=dense_steps))
     compute = _mean([d for i in range(len(model.blocks)) for d in ctrl.density.get(i, [])])
+    density_sampling = _mean([d for i in range(len(model.blocks)) for d in ctrl.keyset.get(i, [])])
     ctrl.reset_records()
     timed = sorted(step_times[1:] if len(step_times) > 1 else step_times)  # the first step warms caches
-    row = {"density": coverage, "compute": compute, "layer_rel_err": rel_err, "rel_err": _mean(rel_err),
+    row = {"density": coverage, "density_sampling": density_sampling, "compute": compute, "layer_rel_err": rel_err,
+           "rel_err": _mean(rel_err),
            "flow_loss": _mean(losses), "ms_per_step": 1000 * timed[len(timed) // 2]}
     insts, missing, adh = [], 0, []
     fid = {"psnr": [], "cosine": []}
@@ -201,7 +315,7 @@ def evaluate_row(model, ctrl, mode, cfg: StudyConfig, task, eval_set, probe, aut
             f = fidelity(x, dense_samples[bi])
             fid["psnr"].append(f["psnr"])
             fid["cosine"].append(f["cosine"])
-    row.update(identity_score(insts, missing))
+    row.update(identity_score(insts, missing, far=cfg.far_shots))
     row.update(_merge_adherence(adh))
     if dense_samples is not None:
         row["psnr"] = _mean(fid["psnr"]) if all(math.isfinite(p) for p in fid["psnr"]) else float("inf")
@@ -209,13 +323,13 @@ def evaluate_row(model, ctrl, mode, cfg: StudyConfig, task, eval_set, probe, aut
     return row, samples
 
 
-def _identity_of(samples_and_batches, probe, task) -> dict:
+def _identity_of(samples_and_batches, probe, task, far: int = 2) -> dict:
     insts, missing = [], 0
     for bi, (x, batch) in enumerate(samples_and_batches):
         found, miss = subject_instances(x, probe.classify(x), batch, task, video_offset=1000 * bi)
         insts += found
         missing += miss
-    return identity_score(insts, missing)
+    return identity_score(insts, missing, far=far)
 
 
 def _merge_adherence(parts):
@@ -230,8 +344,11 @@ def _merge_adherence(parts):
 
 def run_study(cfg: StudyConfig, out_dir: str, device: str = "cpu", dense_checkpoint: str | None = None,
               resume_seconds: float = 0.0,
-              log: Logger | None = None, comfyui_path: str | None = None) -> dict:
-    """The whole study; returns the results dict (also written to ``out_dir/quality.json`` with QUALITY.md)."""
+              log: Logger | None = None, comfyui_path: str | None = None, stop_after: str | None = None) -> dict:
+    """The whole study; returns the results dict (also written to ``out_dir/quality.json`` with QUALITY.md).
+
+    ``stop_after="dense"``: return once the dense checkpoint is written (a GPU call limit: the rest runs in a
+    second call with ``dense_checkpoint``)."""
     os.makedirs(out_dir, exist_ok=True)
     log = log or Logger(os.path.join(out_dir, "quality.log"))
     dev = torch.device(device)
@@ -266,17 +383,32 @@ def run_study(cfg: StudyConfig, out_dir: str, device: str = "cpu", dense_checkpo
                 results["training"]["dense"]["resumed"] = asdict(rep)
         else:
             model = build_model(cfg.model, cfg.seed, dev, comfy)
+            train_task = SyntheticMultiShot(cfg.train_task, dev) if cfg.train_task is not None else task
             log(f"dense WanModel: {param_count(model) / 1e6:.2f} M parameters; training ({cfg.dense.seconds:.0f} s "
                 f"budget)" if cfg.dense.steps is None else f"dense WanModel: training {cfg.dense.steps} steps")
+            if cfg.train_task is not None:
+                log(f"  on {cfg.train_task.frames}-frame clips (the evaluation runs {cfg.task.frames} frames)")
             ctrl0 = AttentionController(model)
-            rep = train(model, ctrl0, task, cfg.dense, dev, autocast, log=log)
-            ctrl0.remove()
+            rep = train(model, ctrl0, train_task, cfg.dense, dev, autocast, log=log)
             results["training"]["dense"] = asdict(rep)
+            if cfg.dense_long is not None:  # phase 2: the evaluation length
+                log(f"dense phase 2 at {cfg.task.frames} frames" + (
+                    f" ({cfg.dense_long.seconds:.0f} s budget)" if cfg.dense_long.steps is None
+                    else f" ({cfg.dense_long.steps} steps)"))
+                rep = train(model, ctrl0, task, cfg.dense_long, dev, autocast, log=log, seed_offset=2_000_000)
+                results["training"]["dense_long"] = asdict(rep)
+            ctrl0.remove()
         mark("dense_train", t0)
         ckpt = os.path.join(out_dir, "quality_dense.safetensors")
         size = save_checkpoint(model, cfg.model, ckpt, {"task": cfg.task.to_dict(), "study": cfg.name,
                                                        "dense_steps": results["training"]["dense"].get("steps")})
         results["training"]["dense_checkpoint_bytes"] = size
+        if stop_after == "dense":
+            timings["total"] = round(time.perf_counter() - t_start, 1)
+            results["meta"] = _meta(cfg, dev, model, timings)
+            _write_json(results, out_dir)
+            log(f"stopped after the dense model: {ckpt}")
+            return results
         ctrl = AttentionController(model)
 
         # 2. calibration capture -> k-means routers -> distilled routers
@@ -285,10 +417,28 @@ def run_study(cfg: StudyConfig, out_dir: str, device: str = "cpu", dense_checkpo
         captured = capture(model, ctrl, task, calib, cfg.calib_ts, autocast, seed=SEED_CALIB)
         routers_km = fit_routers(captured, cfg.num_groups, seed=cfg.seed)
         mark("calibrate", t0)
+        tuned, routers_cal = {}, {}
+        if cfg.matched:  # matched densities, on the calibration prompts
+            t0 = time.perf_counter()
+            auto_entries = None
+            if cfg.tune_auto_t is not None:
+                ti = min(range(len(cfg.calib_ts)), key=lambda j: abs(cfg.calib_ts[j] - cfg.tune_auto_t))
+                auto_entries = [bi * len(cfg.calib_ts) + ti for bi in range(cfg.calib_batches)]
+            svg2_base = AttentionMode("svg2", seed=cfg.seed, svg2_q_clusters=cfg.svg2_q_clusters,
+                                      svg2_k_clusters=cfg.svg2_k_clusters, svg2_iters=cfg.svg2_iters)
+            tuning = tune(captured, cfg.moga("union"), cfg.targets, cfg.matched_modes, capacity=cfg.capacity,
+                          max_groups=cfg.tune_max_groups, seed=cfg.seed, auto_entries=auto_entries, svg2=svg2_base,
+                          log=log)
+            results["tuning"] = [t.to_dict() for t in tuning]
+            tuned = {(t.mode, t.target): t for t in tuning}
+            # the calibrated routers (a router file) at every M the tuning chose
+            need = sorted({t.params["num_groups"] for t in tuning if t.mode == "union_calibrated"})
+            routers_cal = {m: fit_routers(captured, m, seed=cfg.seed) for m in need}
+            mark("tune", t0)
         t0 = time.perf_counter()
         routers_dist, dist_reports = [], []
         union_cfg = cfg.moga("union")
-        for i in sorted(captured):
+        for i in (sorted(captured) if cfg.distill_steps > 0 else []):
             r, rep = distill_routers(captured[i], union_cfg, init=routers_km[i], steps=cfg.distill_steps,
                                      seed=cfg.seed + i)
             rep.pop("history", None)
@@ -302,6 +452,8 @@ def run_study(cfg: StudyConfig, out_dir: str, device: str = "cpu", dense_checkpo
         del captured
         for name, routers, combine, source in (("routers_kmeans", routers_km, "union", "calibrated"),
                                                ("routers_distilled", routers_dist, "union", "calibrated")):
+            if not routers:
+                continue
             # RouterSet.save copies the weights to the CPU itself; r.cpu() would move the live modules off the GPU
             RouterSet({i: r for i, r in enumerate(routers)}, "wan", cfg.model.dim, cfg.model.layers, combine,
                       source, extra={"quality_study": name}).save(os.path.join(out_dir, f"{name}.safetensors"))
@@ -345,7 +497,7 @@ def run_study(cfg: StudyConfig, out_dir: str, device: str = "cpu", dense_checkpo
             batch = task.batch(SEED_EVAL + i, cfg.eval_batch)
             gen = torch.Generator(device=dev).manual_seed(SEED_EVAL + 7 * i)
             eval_set.append((batch, torch.randn(batch.latents.shape, generator=gen, device=dev)))
-        gt_id = _identity_of([(b.latents, b) for b, _ in eval_set], probe, task)
+        gt_id = _identity_of([(b.latents, b) for b, _ in eval_set], probe, task, far=cfg.far_shots)
         gt_adh = _merge_adherence([adherence(probe.classify(b.latents), b, task) for b, _ in eval_set])
         baseline = GaussianBaseline(probe_data)
         trivial = []
@@ -364,6 +516,10 @@ def run_study(cfg: StudyConfig, out_dir: str, device: str = "cpu", dense_checkpo
         t0 = time.perf_counter()
         svg2 = dict(svg2_q_clusters=cfg.svg2_q_clusters, svg2_k_clusters=cfg.svg2_k_clusters,
                     svg2_top_p=cfg.svg2_top_p, svg2_iters=cfg.svg2_iters)
+        if cfg.matched:
+            row_specs = matched_rows(cfg, tuned, routers_cal, list(routers_ft))
+        else:
+            row_specs = [(key, label, weights, None, 0, {}) for key, label, weights in ROWS]
         modes = {
             "dense": AttentionMode("dense"),
             "union_kmeans": AttentionMode("moga", cfg.moga("union"), routers=routers_km),
@@ -376,9 +532,9 @@ def run_study(cfg: StudyConfig, out_dir: str, device: str = "cpu", dense_checkpo
         }
         dense_samples = None
         slowest = 0.0
-        for key, label, weights in ROWS:
+        for key, label, weights, spec_mode, warm, extra in row_specs:
             m, c = (model_ft, ctrl_ft) if weights == "finetuned" else (model, ctrl)
-            entry = {"key": key, "label": label, "weights": weights}
+            entry = {"key": key, "label": label, "weights": weights, **extra}
             t_row = time.perf_counter()
             if key != "dense" and cfg.deadline and t_row - t_start + 1.5 * slowest > cfg.deadline:
                 entry["error"] = f"skipped: the {cfg.deadline:.0f} s deadline would pass"
@@ -386,8 +542,8 @@ def run_study(cfg: StudyConfig, out_dir: str, device: str = "cpu", dense_checkpo
                 results["rows"].append(entry)
                 continue
             try:
-                row, samples = evaluate_row(m, c, modes[key], cfg, task, eval_set, probe, autocast,
-                                            dense_samples if key != "dense" else None, log)
+                row, samples = evaluate_row(m, c, spec_mode or modes[key], cfg, task, eval_set, probe, autocast,
+                                            dense_samples if key != "dense" else None, log, dense_steps=warm)
                 if key == "dense":
                     dense_samples = samples
                     row.update(psnr=float("inf"), cosine=1.0)
@@ -829,6 +985,10 @@ def main(argv=None) -> int:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--tiny", action="store_true", help="the CI slice (seconds on CPU)")
     size.add_argument("--small", action="store_true", help="a CPU-sized study (minutes)")
+    size.add_argument("--preset", choices=PRESETS, help="a study preset by name (default: full; `long`: the study at "
+                      "length, matched densities; `long-tiny`: its CI slice)")
+    p.add_argument("--stop-after", choices=("dense",), help="stop once the dense checkpoint is written")
+    p.add_argument("--deadline", type=float, help="seconds from the start after which rows are skipped")
     p.add_argument("--dense-checkpoint", help="skip dense training: load this quality_dense.safetensors")
     p.add_argument("--dense-seconds", type=float)
     p.add_argument("--resume-seconds", type=float, default=0.0,
@@ -850,7 +1010,9 @@ def main(argv=None) -> int:
         return 0
     if not a.all:
         p.error("nothing to do: pass --all (run the study) or --write-doc RESULTS_JSON")
-    cfg = preset("tiny" if a.tiny else "small" if a.small else "full")
+    cfg = preset(a.preset or ("tiny" if a.tiny else "small" if a.small else "full"))
+    if a.deadline is not None:
+        cfg.deadline = a.deadline
     if a.dense_seconds is not None:
         cfg.dense = replace(cfg.dense, seconds=a.dense_seconds)
     if a.dense_steps is not None:
@@ -865,7 +1027,7 @@ def main(argv=None) -> int:
         os.remove(log_path)
     log = Logger(log_path)
     log(f"quality study '{cfg.name}' on {a.device}: " + " ".join(sys.argv[1:]))
-    run_study(cfg, a.out, a.device, a.dense_checkpoint, a.resume_seconds, log, a.comfyui)
+    run_study(cfg, a.out, a.device, a.dense_checkpoint, a.resume_seconds, log, a.comfyui, stop_after=a.stop_after)
     return 0
 
 
