@@ -136,7 +136,7 @@ def preset(name: str) -> StudyConfig:
             probe_steps=300, svg2_q_clusters=4, svg2_k_clusters=8, svg2_iters=2)
     if name == "long":
         # the study at length (issue 12): 96 latent frames of 32×48 latent pixels (36,864 tokens), 6–8 shots, and a
-        # larger model than `full` (dim 384, 6 heads of 64, 6 blocks, FFN 1024: 11.9 M parameters vs 3.8 M).
+        # larger model than `full` (dim 384, 6 heads of 64, 6 blocks, FFN 1024: 13.2 M parameters vs 3.8 M).
         # Estimate (forward FLOPs per token and block = 2·(6d² + 2·d·FFN) + 4·N·d; training = 3× forward): `full`
         # trained at 100 ms/step (batch 8 × 9,216 tokens, 4 blocks of d 256: 9.5 TFLOP/step -> ~95 TFLOP/s
         # effective on the H100, bench/results/quality/run1); the H200 has the H100's compute, so the same rate:
@@ -375,6 +375,11 @@ def run_study(cfg: StudyConfig, out_dir: str, device: str = "cpu", dense_checkpo
                 raise ValueError(f"checkpoint model {mspec} differs from the preset's {cfg.model}")
             log(f"dense model loaded from {dense_checkpoint}")
             results["training"]["dense"] = {"loaded": os.path.basename(dense_checkpoint)}
+            prior = _prior_training(dense_checkpoint)
+            if prior:  # a --stop-after dense call wrote it beside the checkpoint: keep what it trained
+                results["training"].update(prior["training"])
+                timings["dense_train_previous_call"] = prior["seconds"]
+                log(f"  trained by an earlier call ({prior['seconds']} s): its training report is kept")
             if resume_seconds > 0:  # train on from the checkpoint (fresh optimizer state, a short warm-up)
                 ctrl0 = AttentionController(model)
                 rep = train(model, ctrl0, task, replace(cfg.dense, seconds=resume_seconds, steps=None), dev,
@@ -582,6 +587,20 @@ def run_study(cfg: StudyConfig, out_dir: str, device: str = "cpu", dense_checkpo
     return results
 
 
+def _prior_training(dense_checkpoint: str) -> dict | None:
+    """The dense training report of the call that wrote ``dense_checkpoint`` (``--stop-after dense``): the
+    quality.json beside it, when that is a dense-only result for the same checkpoint. None otherwise."""
+    path = os.path.join(os.path.dirname(os.path.abspath(dense_checkpoint)), "quality.json")
+    if not os.path.exists(path) or os.path.basename(dense_checkpoint) != "quality_dense.safetensors":
+        return None
+    data = load_results(path)
+    tr = data.get("training", {})
+    if data.get("rows") or "steps" not in tr.get("dense", {}):
+        return None
+    keep = {k: tr[k] for k in ("dense", "dense_long", "dense_checkpoint_bytes") if k in tr}
+    return {"training": keep, "seconds": (data.get("meta") or {}).get("timings_s", {}).get("dense_train")}
+
+
 class _WithExtra(torch.nn.Module):
     """Saves a model's state dict plus extra tensors (MoGA checkpoint: router keys beside the model's)."""
 
@@ -704,13 +723,18 @@ _LABELS = {key: label for key, label, _ in ROWS}
 
 
 def render_doc(data: dict | None) -> str:
-    """docs/QUALITY.md from a results dict (JSON form); ``None`` gives the page with its numbers not yet measured."""
+    """docs/QUALITY.md from a results dict (JSON form); ``None`` gives the page with its numbers not yet measured.
+    A matched-density study (preset ``long``: ``targets`` in its config) gets `quality_doc.render`'s page."""
     measured = bool(data and data.get("rows"))
     meta = (data or {}).get("meta", {})
     cfg = meta.get("config") or _jsonable(preset("full").to_dict())
     task, model = cfg["task"], cfg["model"]
     tokens = (task["frames"] // model["patch"][0]) * (task["height"] // model["patch"][1]) * (
         task["width"] // model["patch"][2])
+    if measured and cfg.get("targets"):
+        import quality_doc
+
+        return quality_doc.render(data, meta.get("params") or _model_spec(model).num_params, tokens)
     out = ["# Quality: what MoGA costs, and what training the router buys", ""]
     if measured:
         out.append(f"Measured on **{meta.get('device')}** ({meta.get('date')}, commit {meta.get('commit') or '?'}, "

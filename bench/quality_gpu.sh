@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# The quality study's GPU run (docs/QUALITY.md): trains the small WanModel, fine-tunes it MoGA-style, distills
-# routers, evaluates every mode and writes quality.json, QUALITY.md, checkpoints and quality.log to $OUT.
-# About 8 minutes on one H100.
+# The quality study's GPU run (docs/QUALITY.md): trains the WanModel, fine-tunes it MoGA-style, evaluates every mode
+# and writes quality.json, QUALITY.md, checkpoints and quality.log to $OUT.
+#
+#   bash bench/quality_gpu.sh --preset long    # the study at length (96 frames, 36,864 tokens, matched densities):
+#                                              # about 12 minutes on one H200 (estimate in bench/quality.py, `long`)
+#   bash bench/quality_gpu.sh                  # the original study (preset `full`, 9,216 tokens): ~8 min, one H100
+#
+# Where one call may not run 12 minutes, split it in two calls with the same $OUT:
+#   bash bench/quality_gpu.sh --preset long --stop-after dense                 # dense training (~4.5 min)
+#   bash bench/quality_gpu.sh --preset long --dense-checkpoint "$OUT/quality_dense.safetensors"   # the rest
 #
 # Needs beside the working tree (git-ignored; made here by bench/prepare_gpu_carry.sh, carried to the GPU machine):
 #   .comfy/  ComfyUI's comfy/ import chain of comfy.ldm.wan.model (COMFYUI_PATH defaults to it)
 #   .whl/    wheels of that chain's pip deps the GPU image may lack (comfy-aimdo, einops, psutil, tqdm, pillow)
-# Extra arguments go to bench/quality.py (e.g. --dense-seconds 200, --dense-steps 4000).
+# Extra arguments go to bench/quality.py (e.g. --dense-seconds 200, --dense-steps 4000, --deadline 560).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-quality_out}"

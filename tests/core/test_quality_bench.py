@@ -137,3 +137,83 @@ def test_svg2_baseline_is_exact_at_top_p_one_and_sparse_below():
                                                                    svg2_top_p=0.5))
     assert 0 < density < 1 and torch.isfinite(out).all()
     assert (0, "q") in state and state[(0, "k")].shape == (2 * 2, 8, 16)  # warm start for the next step
+
+
+def test_identity_span_and_far_threshold(task):
+    found, broken = [], []
+    for i in range(3):
+        b = task.batch(100 + i, 4)
+        found += subject_instances(b.latents, b.labels, b, task, video_offset=100 * i)[0]
+        spliced = _with_new_identities(b, task, seed=5 + i)
+        spliced[:, :, :b.shots[1]] = b.latents[:, :, :b.shots[1]]  # the first shot: other individuals than the rest
+        broken += subject_instances(spliced, b.labels, b, task, video_offset=100 * i)[0]
+    good, bad = identity_score(found, far=2), identity_score(broken, far=2)
+    assert good["identity_span_pairs"] > 0 and good["identity_span"] > 0.85
+    assert bad["identity_span"] < good["identity_span"] - 0.3
+    # a larger threshold keeps a subset of the far pairs
+    far3 = identity_score(found, far=3)
+    assert far3["identity_far_pairs"] <= good["identity_far_pairs"] and far3["identity_far_shots"] == 3
+    with pytest.raises(ValueError, match="far must be an int >= 1"):
+        identity_score(found, far=0)
+
+
+def test_svg2_query_chunks_change_nothing(monkeypatch):
+    import quality_model
+
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 80, 2, 16, generator=gen) for _ in range(3))
+    mode = AttentionMode("svg2", svg2_q_clusters=5, svg2_k_clusters=7, svg2_top_p=0.6)
+    whole, d1 = svg2_attention(q, k, v, {}, 0, mode)
+    monkeypatch.setattr(quality_model, "SVG2_MASK_ELEMENTS", 2 * 80 * 7)  # chunks of 7 queries
+    chunked, d2 = svg2_attention(q, k, v, {}, 0, mode)
+    assert d1 == d2 and torch.allclose(whole, chunked, atol=1e-6)
+
+
+def _captured(layout, blocks=2, batch=2, forwards=2, dim=12, heads=2, seed=0):
+    """A calibration capture as quality_model.capture returns it, from random router inputs with cluster structure."""
+    gen = torch.Generator().manual_seed(seed)
+    n = layout.num_tokens
+    out = {}
+    for i in range(blocks):
+        centres = 3 * torch.randn(6, dim, generator=gen)
+        entries = []
+        for _ in range(forwards):
+            x = centres[torch.randint(6, (batch, n), generator=gen)] + torch.randn(batch, n, dim, generator=gen)
+            q, k = (torch.randn(batch, n, heads, 8, generator=gen) for _ in range(2))
+            entries.append({"x": x, "q": q, "k": k, "v": k, "layout": layout})
+        out[i] = entries
+    return out
+
+
+def test_matched_density_tuning_hits_the_targets_and_picks_the_closest():
+    from moga_core import MogaConfig, VideoLayout
+    from quality_tune import MODES, closest_is_chosen, keyset_density, search_groups, tune
+
+    layout = VideoLayout(grid=(8, 6, 8), shots=(0, 3, 5))
+    base = MogaConfig(num_groups=2, window=(2, 2), temporal_group=2, neighbor_frames=1)
+    # M = 1 is dense attention
+    assert keyset_density(layout, MogaConfig(num_groups=1), torch.zeros(2, 384, dtype=torch.int64)) == 1.0
+    with pytest.raises(ValueError, match="groups must be"):
+        keyset_density(layout, base, torch.zeros(2, 10, dtype=torch.int64))
+    # the search: exact on a monotone function, closest among the visited
+    m, d, tried = search_groups(lambda m: 1.0 / m, 0.26, 64)
+    assert m == 4 and d == 0.25 and all(abs(d - 0.26) <= abs(x - 0.26) for _, x in tried)
+    targets = (0.2, 0.3, 0.45)
+    tuned = tune(_captured(layout), base, targets, MODES, capacity=1.25, max_groups=40, seed=0,
+                 svg2=AttentionMode("svg2", svg2_q_clusters=6, svg2_k_clusters=12))
+    assert [(t.mode, t.target) for t in tuned] == [(m, t) for m in MODES for t in targets]
+    for t in tuned:
+        assert closest_is_chosen(t), t
+        assert abs(t.density - t.target) < 0.05, (t.mode, t.target, t.density)
+        if t.mode == "svg2":
+            assert 0 <= t.params["svg2_top_p"] <= 1
+        else:
+            assert t.params["second_group"] == (t.mode == "union_auto_g2")
+    # higher targets need fewer groups (or a larger top-p)
+    for mode in MODES:
+        knobs = [t.params.get("num_groups", -t.params.get("svg2_top_p", 0)) for t in tuned if t.mode == mode]
+        assert knobs == sorted(knobs, reverse=True), (mode, knobs)
+    with pytest.raises(ValueError, match="unknown tuning modes"):
+        tune(_captured(layout), base, targets, ("union_mean",))
+    with pytest.raises(ValueError, match="targets must be densities"):
+        tune(_captured(layout), base, (1.5,))
