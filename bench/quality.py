@@ -161,9 +161,11 @@ def preset(name: str) -> StudyConfig:
             finetune=TrainConfig(seconds=60, batch=2, lr=2e-4, router_lr=1e-3, warmup=10, shift=2.0, alpha=0.1,
                                  weight_decay=0.0, log_every=20, seed=1, layout_pool=16),
             num_groups=8, temporal_group=4, neighbor_frames=1, calib_batches=2, calib_batch=2,
-            calib_ts=(0.8, 0.5, 0.2), eval_batches=2, eval_batch=4, sample_steps=16, shift=2.0, loss_ts=(0.3, 0.7),
-            probe_batches=2, probe_batch=4, probe_steps=1500, targets=(0.15, 0.25, 0.35), dense_steps=3,
-            far_shots=4, tune_auto_t=0.5, distill_steps=0)
+            # auto routers are tuned at the noise level where sampling fits them: the last dense step (index 2 of
+            # 16, shift 2) starts at t = shift_t(1 − 2/16) = 0.933 (calibration_t checks it)
+            calib_ts=(0.933, 0.6, 0.3), eval_batches=2, eval_batch=4, sample_steps=16, shift=2.0,
+            loss_ts=(0.3, 0.7), probe_batches=2, probe_batch=4, probe_steps=1500, targets=(0.15, 0.25, 0.35),
+            dense_steps=3, far_shots=4, tune_auto_t=0.933, distill_steps=0)
     if name == "long-tiny":  # CI slice of `long`: the same pipeline (short-clip training, tuning, every row), tiny
         task = TaskSpec(frames=12, height=8, width=16, min_shots=6, max_shots=6, min_shot_frames=2, num_subjects=4,
                         num_backgrounds=4, cast=2, text_dim=32)
@@ -177,14 +179,22 @@ def preset(name: str) -> StudyConfig:
                                    seed=2),
             finetune=TrainConfig(steps=3, batch=2, lr=2e-4, router_lr=1e-3, warmup=1, shift=1.0, alpha=0.1,
                                  log_every=3, layout_pool=2, seed=1),
-            num_groups=4, temporal_group=2, distill_steps=0, calib_batches=1, calib_batch=2, calib_ts=(0.7, 0.3),
+            num_groups=4, temporal_group=2, distill_steps=0, calib_batches=1, calib_batch=2, calib_ts=(0.75, 0.3),
             eval_batches=1, eval_batch=3, sample_steps=4, shift=1.0, loss_ts=(0.5,), probe_batches=2, probe_batch=3,
             probe_steps=200, svg2_q_clusters=4, svg2_k_clusters=8, svg2_iters=2, targets=(0.15, 0.25, 0.35),
-            dense_steps=1, far_shots=3, tune_auto_t=0.3, tune_max_groups=32)
+            dense_steps=2, far_shots=3, tune_auto_t=0.75, tune_max_groups=32)
     raise ValueError(f"unknown preset {name!r}")
 
 
 PRESETS = ("full", "small", "tiny", "long", "long-tiny")
+
+
+def auto_fit_t(cfg: StudyConfig) -> float | None:
+    """The noise level t at which sampling fits the auto routers: the start of the last dense step."""
+    if cfg.dense_steps < 1:
+        return None
+    t = 1.0 - (cfg.dense_steps - 1) / cfg.sample_steps
+    return cfg.shift * t / (1 + (cfg.shift - 1) * t)
 
 MATCHED_LABELS = {
     "union_auto": "MoGA union, auto routers",

@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ if PACK_ROOT not in sys.path:
     sys.path.insert(0, PACK_ROOT)
 
 from moga_core import MogaConfig, Router, VideoLayout, balance_loss, moga_attention  # noqa: E402
+from moga_core.blocksparse import key_set_pairs_tensor  # noqa: E402
 from moga_core.router import second_choice  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -389,7 +390,12 @@ class AttentionController:
         stats: dict = {}
         out = moga_attention(q4, k4, v4, layout, cfg, groups=groups,
                              gate=gate if cfg.combine == "mean" else None, stats=stats, groups2=groups2)
-        return out, stats["work_density"], stats["density"]  # scores computed (scores/N²), key-set density
+        keyset = stats["density"]
+        if cfg.combine != "union":  # mean mode's stats add the branch sizes; the density is the union G ∪ W ∪ F
+            n, ng = layout.num_tokens, layout.num_global_tokens
+            pairs = float(key_set_pairs_tensor(layout, replace(cfg, combine="union"), groups))
+            keyset = (pairs + b * ng * n) / float(b * n * n)
+        return out, stats["work_density"], keyset  # scores computed (scores/N²), key-set density
 
 
 def route_batch(router, xv: torch.Tensor, cfg: MogaConfig):

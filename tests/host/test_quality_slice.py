@@ -114,7 +114,7 @@ def test_checkpoints_and_router_files(study, comfyui):
     model, spec, meta = quality_model.load_checkpoint(path, "cpu")
     assert spec == quality.preset("tiny").model and meta["study"] == "tiny"
     assert set(model.state_dict()) == set(sd)  # ComfyUI's WanModel key layout, nothing else
-    for name in ("tiny", "full"):  # the analytic count the doc quotes matches the real class
+    for name in ("tiny", "full", "long", "long-tiny"):  # the analytic count the doc quotes matches the real class
         spec_n = quality.preset(name).model
         assert spec_n.num_params == quality_model.param_count(quality_model.build_model(spec_n, 0, "cpu"))
     assert quality.preset("full").model.num_params * 2 <= 8 * 1024 * 1024  # the fp16 fixture fits 8 MiB
@@ -147,3 +147,175 @@ def test_results_json_and_the_doc(study, tmp_path):
     assert "not yet measured on a GPU" in placeholder and quality.DOC_COMMAND_GPU in placeholder
     table = quality.compact_table(data)
     assert all(key in table for key, _, _ in quality.ROWS)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the study at length (preset `long`), on its CI slice `long-tiny`: short-clip training then full length, matched
+# densities tuned on the calibration prompts, auto routers per video, every mode at every target, the doc
+
+
+@pytest.fixture(scope="module")
+def long_study(comfyui, tmp_path_factory):
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    import quality
+
+    out = str(tmp_path_factory.mktemp("quality_long"))
+    cfg = quality.preset("long-tiny")
+    results = quality.run_study(cfg, out, "cpu", log=quality.Logger(quiet=True))
+    with open(os.path.join(out, "quality.json")) as f:
+        data = json.load(f)
+    return quality, cfg, results, data, out
+
+
+def test_long_preset_is_the_study_at_length():
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    import quality
+
+    long, full = quality.preset("long"), quality.preset("full")
+    t, p = long.task, long.model.patch
+    tokens = (t.frames // p[0]) * (t.height // p[1]) * (t.width // p[2])
+    assert t.frames >= 96 and t.min_shots >= 6 and tokens >= 35_000
+    assert long.model.num_params > full.model.num_params and long.model.layers > full.model.layers
+    assert long.model.dim > full.model.dim and long.model.heads > full.model.heads
+    assert long.targets == (0.15, 0.25, 0.35)
+    # trained short, run long: same world and frame size, so the model meets the evaluation's vocabulary
+    tt = long.train_task
+    assert (tt.height, tt.width, tt.world_seed, tt.num_subjects, tt.text_dim) == \
+        (t.height, t.width, t.world_seed, t.num_subjects, t.text_dim) and tt.frames < t.frames
+    assert long.dense_long is not None and 1 <= long.dense_steps < long.sample_steps
+    for cfg in (long, quality.preset("long-tiny")):  # auto routers are tuned where sampling fits them
+        assert cfg.tune_auto_t == pytest.approx(quality.auto_fit_t(cfg), abs=1e-3)
+        assert cfg.tune_auto_t in cfg.calib_ts
+
+
+def test_auto_router_constants_are_the_nodes(moga):
+    from importlib import import_module
+
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    import quality_model
+
+    node = import_module(f"{moga.name}.nodes.auto_routers")
+    assert (quality_model.AUTO_TOKENS_PER_BLOCK, quality_model.AUTO_SEED, quality_model.AUTO_ITERS) == \
+        (node.AUTO_TOKENS_PER_BLOCK, node.AUTO_SEED, node.AUTO_ITERS)
+
+
+def test_long_slice_every_row_at_every_target(long_study):
+    quality, cfg, results, data, _ = long_study
+    keys = [r["key"] for r in results["rows"]]
+    want = ["dense"] + [quality.matched_key(m, t) for t in cfg.targets for m in cfg.matched_modes] + ["moga_finetuned"]
+    assert keys == want
+    for row in results["rows"]:
+        assert "error" not in row, (row["key"], row.get("error"))
+        for col in ("density", "density_sampling", "compute", "rel_err", "flow_loss", "cosine", "adherence",
+                    "ms_per_step"):
+            assert finite(row[col]), (row["key"], col, row[col])
+        for col, pairs in (("identity", "identity_pairs"), ("identity_far", "identity_far_pairs"),
+                           ("identity_span", "identity_span_pairs")):
+            assert row[pairs] > 0 and -1 <= row[col] <= 1, (row["key"], col)
+        assert row["identity_far_shots"] == cfg.far_shots
+        if row["key"] != "dense":
+            assert finite(row["psnr"]) and row["rel_err"] > 0 and row["density"] < 1.0
+    gt = results["reference"]["ground_truth"]
+    assert gt["identity_span_pairs"] > 0 and gt["identity_span"] > 0.5
+    tr = results["training"]
+    assert tr["dense"]["steps"] == cfg.dense.steps and tr["dense_long"]["steps"] == cfg.dense_long.steps
+    assert tr["finetune"]["steps"] == cfg.finetune.steps
+    assert results["checks"]["union_m1_vs_dense_rel"] < 1e-5
+
+
+def test_long_slice_densities_are_matched(long_study):
+    quality, cfg, results, _, _ = long_study
+    import quality_tune
+
+    tuned = [quality_tune.Tuned(**t) for t in results["tuning"]]
+    assert {(t.mode, t.target) for t in tuned} == {(m, t) for m in cfg.matched_modes for t in cfg.targets}
+    for t in tuned:
+        assert quality_tune.closest_is_chosen(t), t
+    for row in results["rows"][1:-1]:
+        # on the evaluation videos (other prompts than the tuning's), near the target: the tiny slice's tolerance
+        assert abs(row["density"] - row["target_density"]) < 0.06, (row["key"], row["density"])
+        p = row["params"]
+        if row["mode"] != "svg2":
+            assert p["second_group"] == (row["mode"] == "union_auto_g2")
+            assert p["capacity"] == (None if row["mode"] == "random_groups" else cfg.capacity)
+    # at a higher target every routed mode uses fewer groups (or the same)
+    for mode in ("union_auto", "union_calibrated", "random_groups"):
+        ms = [r["params"]["num_groups"] for r in results["rows"] if r.get("mode") == mode]
+        assert ms == sorted(ms, reverse=True) and ms[0] > ms[-1], (mode, ms)
+
+
+def test_auto_routers_are_fitted_per_video_at_the_last_dense_step(long_study, comfyui):
+    quality, cfg, _, _, out = long_study
+    import quality_model
+    from moga_core import MogaConfig
+
+    model, spec, _ = quality_model.load_checkpoint(os.path.join(out, "quality_dense.safetensors"), "cpu")
+    ctrl = quality_model.AttentionController(model)
+    task = quality.SyntheticMultiShot(cfg.task)
+    batch = task.batch(5, 2)
+    ctrl.set(layout=quality_model.layout_for(task.spec, batch.shots))
+    noise = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(0))
+    mode = quality_model.AttentionMode("moga", MogaConfig(num_groups=3, window=cfg.window, temporal_group=2,
+                                                          neighbor_frames=1, capacity=1.25), auto=True)
+    ctrl.set(mode)
+    with pytest.raises(ValueError, match="dense_steps"):
+        quality_model.sample(model, ctrl, batch.context, noise, 3, 1.0, False, dense_steps=0)
+    quality_model.sample(model, ctrl, batch.context, noise, 3, 1.0, False, dense_steps=2)
+    assert len(mode.routers) == spec.layers and all(len(r) == 2 for r in mode.routers)  # per block, per video
+    assert not torch.equal(mode.routers[0][0].weight, mode.routers[0][1].weight)  # each video its own
+    # only the sparse step is recorded; the dense warm-up is not
+    assert all(len(v) == 1 for v in ctrl.keyset.values()) and all(d < 1 for v in ctrl.keyset.values() for d in v)
+    ctrl.remove()
+
+
+def test_long_slice_doc_is_written_from_the_numbers(long_study, tmp_path):
+    quality, cfg, results, data, out = long_study
+    import copy
+
+    import quality_doc
+
+    doc = open(os.path.join(out, "QUALITY.md")).read()
+    assert doc == quality.render_doc(data)
+    assert data["meta"]["device"] in doc and "## Which mode to pick" in doc and "## Targets" in doc
+    for row in data["rows"]:
+        assert row["label"] in doc
+    assert "384 tokens" in doc and quality_doc.IDENTITY_SLACK == 0.01
+    target = tmp_path / "QUALITY.md"
+    assert quality.main(["--write-doc", os.path.join(out, "quality.json"), "--doc", str(target)]) == 0
+    assert target.read_text() == doc
+    # the pick follows the numbers: break auto routers' identity everywhere, lift the calibrated routers' PSNR
+    rigged = copy.deepcopy(data)
+    dense_id = quality_doc.Rows(rigged).dense("identity")
+    for r in rigged["rows"]:
+        if r.get("mode") in ("union_auto", "union_auto_g2"):
+            r["identity"] = dense_id - 0.5
+        if r.get("mode") == "union_calibrated":
+            r["identity"], r["psnr"] = dense_id, 500.0
+    p = quality_doc.pick(rigged)
+    assert p["mode"] == "union_calibrated" and p["density"] == min(cfg.targets)
+    text = quality.render_doc(rigged)
+    assert "**Stock weights: `union_calibrated` at density 0.15**" in text and "a calibrated router file" in text
+    assert "✗ at density 0.15: union_auto identity ≥ dense − 0.01" in text
+    # no union row keeps identity: the page says so instead of recommending one
+    for r in rigged["rows"]:
+        if r.get("mode") in quality_doc.ROUTED_UNION:
+            r["identity"] = dense_id - 0.5
+    assert quality_doc.pick(rigged)["mode"] is None
+    assert "No training-free mode kept cross-shot identity" in quality.render_doc(rigged)
+
+
+def test_stop_after_dense_then_resume_keeps_the_training_report(comfyui, tmp_path):
+    if BENCH not in sys.path:
+        sys.path.insert(0, BENCH)
+    import quality
+
+    cfg = quality.preset("long-tiny")
+    out = str(tmp_path)
+    first = quality.run_study(cfg, out, "cpu", log=quality.Logger(quiet=True), stop_after="dense")
+    assert not first["rows"] and os.path.exists(os.path.join(out, "quality_dense.safetensors"))
+    prior = quality._prior_training(os.path.join(out, "quality_dense.safetensors"))
+    assert prior["training"]["dense"]["steps"] == cfg.dense.steps
+    assert prior["training"]["dense_long"]["steps"] == cfg.dense_long.steps
