@@ -6,9 +6,12 @@
 #                                              # about 12 minutes on one H200 (estimate in bench/quality.py, `long`)
 #   bash bench/quality_gpu.sh                  # the original study (preset `full`, 9,216 tokens): ~8 min, one H100
 #
-# Where one call may not run 12 minutes, split it in two calls with the same $OUT:
-#   bash bench/quality_gpu.sh --preset long --stop-after dense                 # dense training (~4.5 min)
-#   bash bench/quality_gpu.sh --preset long --dense-checkpoint "$OUT/quality_dense.safetensors"   # the rest
+# Where one call may not run 12 minutes (a 10-minute limit), split it in two calls with the same $OUT:
+#   bash bench/quality_gpu.sh --preset long --stop-after dense          # dense training, both phases (~4.5 min)
+#   bash bench/quality_gpu.sh --preset long --dense-checkpoint "$OUT/quality_dense.safetensors" --deadline 540
+#                                   # fine-tune, calibration, tuning, every row (~7.5 min; --deadline skips the
+#                                   # last target's rows rather than lose the run); the training report of the
+#                                   # first call is kept in quality.json
 #
 # Needs beside the working tree (git-ignored; made here by bench/prepare_gpu_carry.sh, carried to the GPU machine):
 #   .comfy/  ComfyUI's comfy/ import chain of comfy.ldm.wan.model (COMFYUI_PATH defaults to it)

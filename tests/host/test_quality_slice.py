@@ -205,7 +205,7 @@ def test_auto_router_constants_are_the_nodes(moga):
 def test_long_slice_every_row_at_every_target(long_study):
     quality, cfg, results, data, _ = long_study
     keys = [r["key"] for r in results["rows"]]
-    want = ["dense"] + [quality.matched_key(m, t) for t in cfg.targets for m in cfg.matched_modes] + ["moga_finetuned"]
+    want = ["dense", "moga_finetuned"] + [quality.matched_key(m, t) for t in cfg.targets for m in cfg.matched_modes]
     assert keys == want
     for row in results["rows"]:
         assert "error" not in row, (row["key"], row.get("error"))
@@ -234,7 +234,7 @@ def test_long_slice_densities_are_matched(long_study):
     assert {(t.mode, t.target) for t in tuned} == {(m, t) for m in cfg.matched_modes for t in cfg.targets}
     for t in tuned:
         assert quality_tune.closest_is_chosen(t), t
-    for row in results["rows"][1:-1]:
+    for row in results["rows"][2:]:
         # on the evaluation videos (other prompts than the tuning's), near the target: the tiny slice's tolerance
         assert abs(row["density"] - row["target_density"]) < 0.06, (row["key"], row["density"])
         p = row["params"]
