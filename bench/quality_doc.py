@@ -212,7 +212,12 @@ def render(data: dict, model_params: float, tokens: int) -> str:
            f"pairs; pairs ≥ {cfg.get('far_shots')} shots apart; and first vs last appearance.",
            "", "## Results", ""]
     out += table(data)
-    out += ["", "Training:", ""] + _training(data)
+    out += ["", "Columns: *density* = query–key pairs attended / N² (1 − sparsity; the key set G ∪ W ∪ F, second "
+            "group included), as tuned on the calibration prompts → measured teacher-forced on the evaluation videos "
+            "(sampling's in brackets); *PSNR / cos* against the dense model's sample from the same prompt and noise; "
+            "*attn err* = ‖O − O_dense‖ / ‖O_dense‖ per self-attention call; *ms/step* = median sparse sampling "
+            "step of a batch (the auto routers' one fit per video, at the last dense step, is not in it; masked "
+            "SVG2 is not SVG2's speed).", "", "Training:", ""] + _training(data)
     out += ["", "## Targets", "", "Each line is decided by the rows above (✓ met, ✗ not met, – row missing):", ""]
     for c in target_checks(data):
         mark = "–" if c["passed"] is None else ("✓" if c["passed"] else "✗")
