@@ -86,6 +86,7 @@ class StudyConfig:
     targets: tuple[float, ...] = ()  # densities every training-free mode is tuned to (quality_tune)
     matched_modes: tuple[str, ...] = ("union_auto", "union_auto_g2", "union_calibrated", "random_groups", "svg2")
     capacity: float | None = 1.25  # routed modes' capacity bound (the pack's default, nodes/options.py)
+    tune_capacities: tuple[float, ...] = (1.0, 1.25, 1.5, 2.0)  # refine M's density step with the bound ((): off)
     tune_max_groups: int = 64
     tune_auto_t: float | None = None  # calibration noise level the auto routers are tuned at (None: every one)
     dense_steps: int = 0  # sampling steps run dense before a training-free row's mode (the node's start_percent)
@@ -445,7 +446,7 @@ def run_study(cfg: StudyConfig, out_dir: str, device: str = "cpu", dense_checkpo
             svg2_base = AttentionMode("svg2", seed=cfg.seed, svg2_q_clusters=cfg.svg2_q_clusters,
                                       svg2_k_clusters=cfg.svg2_k_clusters, svg2_iters=cfg.svg2_iters)
             tuning = tune(captured, cfg.moga("union"), cfg.targets, cfg.matched_modes, capacity=cfg.capacity,
-                          max_groups=cfg.tune_max_groups, seed=cfg.seed, auto_entries=auto_entries, svg2=svg2_base,
+                          capacities=cfg.tune_capacities, max_groups=cfg.tune_max_groups, seed=cfg.seed, auto_entries=auto_entries, svg2=svg2_base,
                           log=log)
             results["tuning"] = [t.to_dict() for t in tuning]
             tuned = {(t.mode, t.target): t for t in tuning}

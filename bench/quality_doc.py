@@ -198,9 +198,10 @@ def render(data: dict, model_params: float, tokens: int) -> str:
               if train_task else ""),
            f"- **Matched densities** (`bench/quality_tune.py`): for every target density "
            f"({', '.join(_f(t, '.2f') for t in rows.targets)}) each training-free mode's knob is tuned on the "
-           "calibration prompts (never the evaluation's): M for the routed modes (capacity "
-           f"{cfg.get('capacity')}, the pack's default; the second group as the mode says) and for random groups, "
-           "top-p for the SVG2-style baseline. The table shows the density reached on the calibration prompts → on "
+           "calibration prompts (never the evaluation's): M for the routed modes (searched at capacity "
+           f"{cfg.get('capacity')}, the pack's default, then M ± 1 × capacity "
+           f"{', '.join(str(c) for c in cfg.get('tune_capacities') or ()) or 'off'}; the second group as the mode "
+           "says) and for random groups (balanced), top-p for the SVG2-style baseline. The table shows the density reached on the calibration prompts → on "
            "the evaluation videos (teacher-forced), and in brackets during sampling.",
            "- **Auto routers**: fitted per evaluation video on its own router inputs at the last dense step, as the "
            "pack's auto routers are (4,096 seeded rows per block, k-means, `Router.fit`); *calibrated* routers are "

@@ -10,8 +10,8 @@ Knobs:
 
 - routed modes (``union_auto``: routers fitted on each sample's own router inputs, the pack's auto routers;
   ``union_auto_g2``: the same with the second group; ``union_calibrated``: k-means routers fitted on the calibration
-  prompts, a router file): M, with the capacity bound fixed (the pack's default 1.25) and the second group as the
-  mode says. The smallest M whose density is at most the target is found by bisection over [1, max_groups]
+  prompts, a router file): M at the pack's capacity bound (1.25), the second group as the mode says; then,
+  optionally (``capacities``), M ± 1 and the capacity bound refine it. The smallest M whose density is at most the target is found by bisection over [1, max_groups]
   (M = 1 is dense attention, density 1), and of every M bisection visited (it and M − 1 among them) the one
   closest to the target is taken (ties: fewer groups). Density falls with M only roughly (k-means groups are
   unequal), hence "closest among the visited"; the visited (M, density) pairs are kept in the result;
@@ -106,12 +106,16 @@ def _entries(captured: dict[int, list[dict]]):
 
 
 def tune(captured: dict[int, list[dict]], base: MogaConfig, targets, modes=MODES, *, capacity: float | None = 1.25,
-         max_groups: int = 64, seed: int = 0, auto_entries: list[int] | None = None,
+         capacities: tuple = (), max_groups: int = 64, seed: int = 0, auto_entries: list[int] | None = None,
          svg2: AttentionMode | None = None, log=None) -> list[Tuned]:
     """Every (mode, target) of ``modes`` × ``targets``: see the module docstring. ``base``: the MoGA settings other
     than M, capacity and the second group (window, temporal group, neighbour frames, frame branch; union).
-    ``auto_entries``: which calibration forwards the auto routers are fitted on and measured with (default: all);
-    ``svg2``: the baseline's mode (clusters, iterations, seed; its top-p is what is tuned)."""
+    ``capacity``: the routed modes' capacity bound while M is searched; ``capacities``: if given, the routed modes'
+    choice is then refined over (M − 1, M, M + 1) × ``capacities`` (integer M moves the density in steps of about
+    1/M² of it; the bound moves it between balanced groups and plain top-1): the closest pair wins, ties going to
+    ``capacity`` and then to fewer groups. ``auto_entries``: which calibration forwards the auto routers are fitted
+    on and measured with (default: all); ``svg2``: the baseline's mode (clusters, iterations, seed; its top-p is
+    what is tuned)."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown tuning modes {unknown}; expected some of {MODES}")
@@ -121,43 +125,53 @@ def tune(captured: dict[int, list[dict]], base: MogaConfig, targets, modes=MODES
     auto_entries = list(range(count)) if auto_entries is None else list(auto_entries)
     out: list[Tuned] = []
 
-    def cfg_for(m, second):
-        return replace(base, num_groups=m, combine="union", capacity=capacity, second_group=second, balanced=False)
+    def cfg_for(m, second, cap=capacity):
+        return replace(base, num_groups=m, combine="union", capacity=cap, second_group=second, balanced=False)
+
+    fits: dict[tuple, object] = {}  # (kind, M) -> fitted routers; auto and auto + second group share them
+
+    def routers_for(kind, m):
+        if (kind, m) not in fits:
+            if kind == "calibrated":
+                fits[(kind, m)] = fit_routers(captured, m, seed=seed)
+            else:
+                fits[(kind, m)] = {j: fit_auto_routers({i: [captured[i][j]] for i in blocks}, m)
+                                   for j in auto_entries}
+        return fits[(kind, m)]
+
+    def routed_density(kind, m, second, cap):
+        cfg = cfg_for(m, second, cap)
+        routers = routers_for(kind, m)
+        if kind == "calibrated":
+            vals = [_routed_density(routers[bi], e, cfg) for bi, i in enumerate(blocks) for e in captured[i]]
+        else:
+            vals = [_routed_density(routers[j][i], captured[i][j], cfg) for j in auto_entries for i in blocks]
+        return sum(vals) / len(vals)
 
     for mode in modes:
         if mode in ROUTED:
             second = mode == "union_auto_g2"
-            if mode == "union_calibrated":
-                def density_of(m, second=second):
-                    cfg = cfg_for(m, second)
-                    routers = fit_routers(captured, m, seed=seed)
-                    vals = []
-                    for bi, i in enumerate(blocks):
-                        for e in captured[i]:
-                            vals.append(_routed_density(routers[bi], e, cfg))
-                    return sum(vals) / len(vals)
-            else:
-                def density_of(m, second=second):
-                    cfg = cfg_for(m, second)
-                    vals = []
-                    for j in auto_entries:
-                        routers = fit_auto_routers({i: [captured[i][j]] for i in blocks}, m)
-                        for i in blocks:
-                            vals.append(_routed_density(routers[i], captured[i][j], cfg))
-                    return sum(vals) / len(vals)
-            cache: dict[int, float] = {}
+            kind = "calibrated" if mode == "union_calibrated" else "auto"
+            cache: dict[tuple, float] = {}
 
-            def cached(m, f=density_of, cache=cache):
-                if m not in cache:
-                    cache[m] = f(m)
-                return cache[m]
+            def dens(m, cap=capacity, kind=kind, second=second, cache=cache):
+                if (m, cap) not in cache:
+                    cache[(m, cap)] = routed_density(kind, m, second, cap)
+                return cache[(m, cap)]
 
             for target in targets:
-                m, d, tried = search_groups(cached, target, max_groups)
-                out.append(Tuned(mode, float(target), d, {"num_groups": m, "capacity": capacity,
+                m, d, tried = search_groups(dens, target, max_groups)
+                cap = capacity
+                if capacities:
+                    cands = [(mm, c) for mm in (m - 1, m, m + 1) if 2 <= mm <= max_groups for c in capacities]
+                    for mm, c in cands:
+                        tried.append(((mm, c), dens(mm, c)))
+                    m, cap = min(cands, key=lambda k: (abs(dens(*k) - target), k[1] != capacity, k[0]))
+                    d = dens(m, cap)
+                out.append(Tuned(mode, float(target), d, {"num_groups": m, "capacity": cap,
                                                           "second_group": second}, tried))
                 if log:
-                    log(f"tune {mode} @ {target:.2f}: M = {m} -> calibration density {d:.3f}")
+                    log(f"tune {mode} @ {target:.2f}: M = {m}, capacity {cap} -> calibration density {d:.3f}")
         elif mode == "random_groups":
             def density_of(m):
                 cfg = cfg_for(m, False)

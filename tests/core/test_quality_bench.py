@@ -213,6 +213,13 @@ def test_matched_density_tuning_hits_the_targets_and_picks_the_closest():
     for mode in MODES:
         knobs = [t.params.get("num_groups", -t.params.get("svg2_top_p", 0)) for t in tuned if t.mode == mode]
         assert knobs == sorted(knobs, reverse=True), (mode, knobs)
+    # refining with the capacity bound (and M ± 1) never lands farther from the target, and says what it chose
+    refined = tune(_captured(layout), base, targets, ("union_auto", "union_calibrated"), capacity=1.25,
+                   capacities=(1.0, 1.25, 2.0), max_groups=40, seed=0)
+    plain = {(t.mode, t.target): t for t in tuned}
+    for t in refined:
+        assert closest_is_chosen(t) and t.params["capacity"] in (1.0, 1.25, 2.0)
+        assert abs(t.density - t.target) <= abs(plain[(t.mode, t.target)].density - t.target) + 1e-12
     with pytest.raises(ValueError, match="unknown tuning modes"):
         tune(_captured(layout), base, targets, ("union_mean",))
     with pytest.raises(ValueError, match="targets must be densities"):
