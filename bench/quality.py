@@ -8,6 +8,9 @@ branches on), local branches only, random groups, and an SVG2-style per-head k-m
 
     # the GPU run (one H100, about 8 minutes); writes quality.json, QUALITY.md, checkpoints and a log under --out
     COMFYUI_PATH=.comfy python bench/quality.py --device cuda --all --out "$OUT"      (or: bash bench/quality_gpu.sh)
+    # the study at length (preset `long`: 96 frames, 36,864 tokens, every training-free mode at matched densities
+    # 0.15 / 0.25 / 0.35 against the SVG2-style baseline and random groups; ~12 minutes on one H200)
+    bash bench/quality_gpu.sh --preset long            (its CI slice: --preset long-tiny --device cpu, seconds)
     # the same pipeline on a tiny slice, on CPU (what tests/host/test_quality_slice.py runs)
     COMFYUI_PATH=/path/to/ComfyUI python bench/quality.py --device cpu --tiny --all --out /tmp/q
     # docs/QUALITY.md from a results file (no hand-editing)
