@@ -1035,6 +1035,7 @@ def main(argv=None) -> int:
     p.add_argument("--resume-seconds", type=float, default=0.0,
                    help="with --dense-checkpoint: train the loaded model this many more seconds first")
     p.add_argument("--dense-steps", type=int, help="exact step count (reproduce a run) instead of the time budget")
+    p.add_argument("--dense-long-seconds", type=float, help="presets that train short: the full-length phase 2")
     p.add_argument("--finetune-seconds", type=float)
     p.add_argument("--finetune-steps", type=int)
     p.add_argument("--comfyui", help="ComfyUI tree (default: $COMFYUI_PATH)")
@@ -1058,6 +1059,10 @@ def main(argv=None) -> int:
         cfg.dense = replace(cfg.dense, seconds=a.dense_seconds)
     if a.dense_steps is not None:
         cfg.dense = replace(cfg.dense, steps=a.dense_steps)
+    if a.dense_long_seconds is not None:
+        if cfg.dense_long is None:
+            p.error(f"--dense-long-seconds: preset {cfg.name!r} has no full-length dense phase (try --preset long)")
+        cfg.dense_long = replace(cfg.dense_long, seconds=a.dense_long_seconds, steps=None)
     if a.finetune_seconds is not None:
         cfg.finetune = replace(cfg.finetune, seconds=a.finetune_seconds)
     if a.finetune_steps is not None:
