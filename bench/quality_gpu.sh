@@ -6,6 +6,12 @@
 #                                              # about 12 minutes on one H200 (estimate in bench/quality.py, `long`)
 #   bash bench/quality_gpu.sh                  # the original study (preset `full`, 9,216 tokens): ~8 min, one H100
 #
+# On the lent GPU machine (device tool) the dense checkpoint of `long` (13.2 M parameters, ~26 MB in fp16) is over
+# the 16 MiB per file that comes back from $OUT, and $OUT is emptied before each call: either fit one call
+# (`--preset long --dense-seconds 140 --dense-long-seconds 45 --finetune-seconds 45 --deadline 560`, fewer steps
+# than the estimate assumes: say so in the note), or split it with OUT outside the device's $OUT (e.g.
+# OUT=/tmp/quality_out) and issue the second call within the machine's 30-second warm window, then copy
+# quality.json / QUALITY.md / quality.log into the device's $OUT.
 # Where one call may not run 12 minutes (a 10-minute limit), split it in two calls with the same $OUT:
 #   bash bench/quality_gpu.sh --preset long --stop-after dense          # dense training, both phases (~4.5 min)
 #   bash bench/quality_gpu.sh --preset long --dense-checkpoint "$OUT/quality_dense.safetensors" --deadline 540
