@@ -228,14 +228,21 @@ def use_block_kernel(cfg: MogaConfig, q: torch.Tensor) -> bool:
     return 16 <= d <= 256 and d & (d - 1) == 0 and not need_grad and q.dtype in (torch.float16, torch.bfloat16)
 
 
-def _group_sizes(groups: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """(B, Nv) ids in [0, M) → (B, M) int64 token counts per group, on the ids' device."""
-    b = groups.shape[0]
-    offset = torch.arange(b, device=groups.device)[:, None] * num_groups
-    return torch.bincount((groups + offset).reshape(-1), minlength=b * num_groups).view(b, num_groups)
+def _count_parts(layout, cfg, groups, global_keep, groups2) -> list[torch.Tensor]:
+    """The statistics of a call as device tensors, to be read back in one transfer (see `_counted`): the key-set
+    pairs (0-dim) and the (B, M) token counts per group of ids in [0, M)."""
+    b, m = groups.shape[0], cfg.num_groups
+    offset = torch.arange(b, device=groups.device)[:, None] * m
+    sizes = torch.bincount((groups + offset).reshape(-1), minlength=b * m)
+    return [key_set_pairs_tensor(layout, cfg, groups, global_keep, groups2), sizes]
 
 
-def _dense_union(q, k, v, layout, global_keep, scale):
+def _counted(flat: torch.Tensor, batch: int, num_groups: int) -> tuple[int, torch.Tensor]:
+    """`_count_parts` read back (one float64 CPU vector) → (key-set pairs, (B, M) int64 group sizes)."""
+    return int(round(float(flat[0]))), flat[1:].long().view(batch, num_groups)
+
+
+def _dense_union(q, k, v, layout, glob_idx, global_keep, scale):
     """Union attention with every video key in the set (what union mode becomes with M = 1): (B·Nv, H, D)."""
     b, n, h, d = q.shape
     p, nv = layout.prefix, layout.num_video_tokens
@@ -244,7 +251,6 @@ def _dense_union(q, k, v, layout, global_keep, scale):
         out = torch.nn.functional.scaled_dot_product_attention(qv, kv, vv, scale=scale)
         return out.transpose(1, 2).reshape(b * nv, h, d)
     ov, lv = sdpa_with_lse(qv, kv, vv, scale, True)
-    glob_idx = torch.cat([torch.arange(p, device=q.device), torch.arange(p + nv, n, device=q.device)])
     video = (1.0, ov.transpose(1, 2).reshape(b * nv, h, d), lv.transpose(1, 2).reshape(b * nv, h))
     return _merge([video, (1.0,) + _global_term(q, k, v, layout, glob_idx, global_keep, scale)])
 
@@ -285,6 +291,8 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
     path = "sparse"
     gterms, sterms = {}, {}
     video = None
+    glob_idx = (torch.cat([torch.arange(p, device=q.device), torch.arange(p + nv, n, device=q.device)])
+                if has_glob else None)
 
     counted = None  # (key-set pairs, group sizes (B, M)) read back with the block counts
     if block_kernel:
@@ -301,20 +309,19 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
         outside = (ids < 0) | (ids >= cfg.num_groups)
         parts = [outside.sum(), plan.partial_blocks.sum(), plan.full_blocks.sum()]
         if stats is not None:
-            parts += [key_set_pairs_tensor(layout, cfg, safe, global_keep, safe2),
-                      _group_sizes(safe, cfg.num_groups).reshape(-1)]
+            parts += _count_parts(layout, cfg, safe, global_keep, safe2)
         with record_function("moga.readback"):
             flat = torch.cat([t.reshape(-1).double() for t in parts]).cpu()
         checks = [int(x) for x in flat[:3].tolist()]
         if stats is not None:
-            counted = (int(round(float(flat[3]))), flat[4:].long().view(b, cfg.num_groups))
+            counted = _counted(flat[3:], b, cfg.num_groups)
         if checks[0]:
             raise ValueError(f"groups (and groups2) must be ids in [0, {cfg.num_groups}) for num_groups = "
                              f"{cfg.num_groups}; got {checks[0]} ids outside, e.g. {ids[outside][:5].tolist()}")
         relative = relative_cost(checks[1], checks[2], b, nv, nv + layout.num_global_tokens)
         if union and dense_fallback and relative >= 1.0:
             path = "dense"
-            video = _dense_union(q, k, v, layout, global_keep, scale)
+            video = _dense_union(q, k, v, layout, glob_idx, global_keep, scale)
         else:
             try:
                 with record_function("moga.block_kernel"):
@@ -346,13 +353,12 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
             if 2.0 * pairs >= b * nv * nv:
                 path = "dense"
         if path == "dense":
-            video = _dense_union(q, k, v, layout, global_keep, scale)
+            video = _dense_union(q, k, v, layout, glob_idx, global_keep, scale)
         else:
             qf, kf, vf = (t.reshape(b * n, h, d) for t in (q, k, v))
             for name, term in list(gterms.items()) + list(sterms.items()):
                 results[name] = (term.sign,) + _run_term(term, qf, kf, vf, scale, need_lse, seg_backend)
             if has_glob:
-                glob_idx = torch.cat([torch.arange(p, device=q.device), torch.arange(p + nv, n, device=q.device)])
                 results["global"] = (1.0,) + _global_term(q, k, v, layout, glob_idx, global_keep, scale)
 
             if union:
@@ -379,7 +385,6 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
     video = video.to(q.dtype).reshape(b, nv, h, d)
 
     if has_glob:
-        glob_idx = torch.cat([torch.arange(p, device=q.device), torch.arange(p + nv, n, device=q.device)])
         qg = q.index_select(1, glob_idx).transpose(1, 2)
         key_mask = None
         if global_keep is not None:  # global queries skip only the keys no frame may see (padding)
@@ -394,9 +399,9 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
 
     if stats is not None:
         ng = layout.num_global_tokens
-        if counted is None:
-            counted = (int(round(float(key_set_pairs_tensor(layout, cfg, groups, global_keep, groups2)))),
-                       _group_sizes(groups, cfg.num_groups).cpu())
+        if counted is None:  # the varlen paths have checked the ids
+            parts = _count_parts(layout, cfg, groups, global_keep, groups2)
+            counted = _counted(torch.cat([t.reshape(-1).double() for t in parts]).cpu(), b, cfg.num_groups)
         video_pairs, sizes = counted
         stats["density"] = (video_pairs + b * ng * n) / float(b * n * n)
         stats["group_sizes"] = sizes

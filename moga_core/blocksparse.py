@@ -168,22 +168,20 @@ def _build_local_ids(layout: VideoLayout, cfg: MogaConfig, device) -> LocalIds:
 class BlockPlan:
     """What one FlexAttention call needs, for ``B`` samples.
 
-    ``q_pos`` (B, Nv) int64: token positions (within a sample) of the video queries in sorted order (``prefix`` +
-    their video position); ``kv_pos``
-    (B, Nv + Ng): the sorted video keys, then the global tokens; ``inverse`` (B, Nv): position in sorted order of each
-    video token; ``block_mask``: FlexAttention's BlockMask; ``partial_blocks`` / ``full_blocks`` (B,) int64 on the
+    ``q_order`` (B, Nv) int64: the video positions of the queries in sorted order; ``q_pos`` (B, Nv): the same as
+    token positions within a sample (prefix + video position); ``kv_pos`` (B, Nv + Ng): the sorted video keys, then
+    the global tokens; ``block_mask``: FlexAttention's BlockMask; ``partial_blocks`` / ``full_blocks`` (B,) int64 on the
     device: block pairs computed with and without the mask; ``seq_lengths`` (Nv, Nv + Ng).
     """
 
+    q_order: torch.Tensor
     q_pos: torch.Tensor
     kv_pos: torch.Tensor
-    inverse: torch.Tensor
     block_mask: object
     partial_blocks: torch.Tensor
     full_blocks: torch.Tensor
     seq_lengths: tuple[int, int]
     mask_mod: object
-    prefix: int
     kv_num_blocks: torch.Tensor
     kv_indices: torch.Tensor
     full_kv_num_blocks: torch.Tensor
@@ -282,7 +280,6 @@ def build_block_plan(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor,
     if groups2 is not None:
         q_key = ((groups.long() * m + groups2.long()) * n_cells + ids.cell[None, :]) * nv + pos[None, :]
         q_order = q_key.argsort(dim=1)
-    inverse = torch.empty_like(q_order).scatter_(1, q_order, pos.expand(b, nv))
     g_sorted = groups.gather(1, order).to(torch.int32)
     gq_sorted = groups.gather(1, q_order).to(torch.int32)
     take = lambda t: t[order]  # static per-token ids in the keys' sorted order, (B, Nv)
@@ -380,8 +377,8 @@ def build_block_plan(layout: VideoLayout, cfg: MogaConfig, groups: torch.Tensor,
     q_pos = p + q_order
     glob_pos = torch.cat([torch.arange(p, device=device), torch.arange(p + nv, n, device=device)])
     kv_pos = torch.cat([p + order, glob_pos[None, :].expand(b, ng)], 1)
-    return BlockPlan(q_pos, kv_pos, inverse, block_mask, kv_num.sum((1, 2)).long(), full_num.sum((1, 2)).long(),
-                     (nv, nv + ng), mask_mod, p, kv_num, kv_idx, full_num, full_idx)
+    return BlockPlan(q_order, q_pos, kv_pos, block_mask, kv_num.sum((1, 2)).long(), full_num.sum((1, 2)).long(),
+                     (nv, nv + ng), mask_mod, kv_num, kv_idx, full_num, full_idx)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -506,8 +503,6 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Blo
     step = heads_per_chunk(b, lk, h, d, q.element_size(), chunk_bytes)
     # Row gathers per sample with index_select (whole rows of hc·D values): advanced indexing with a (B, 1) batch
     # index ran at ~0.7 TB/s on an H200 (6.6 ms of a 134 ms layer at 187,200 tokens for q, k, v and the output).
-    q_rows = plan.q_pos - plan.prefix  # (B, Nv): video position of each sorted query
-
     def gather(t, pos, heads):  # (B, N, H, D) → (B, L, hc, D) rows pos (B, L), sorted order
         out_t = t.new_empty(b, pos.shape[1], heads.stop - heads.start, d)
         for i in range(b):
@@ -523,8 +518,8 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Blo
         else:
             o = _flex_module().flex_attention(*args, block_mask=plan.block_mask, scale=scale)
         del qs, ks, vs
-        for i in range(b):  # back to token order: row j of the sorted output is video token q_rows[i, j]
-            out[i, :, heads].index_copy_(0, q_rows[i], o[i].transpose(0, 1))
+        for i in range(b):  # back to token order: row j of the sorted output is video token q_order[i, j]
+            out[i, :, heads].index_copy_(0, plan.q_order[i], o[i].transpose(0, 1))
         del o
     return out
 
@@ -558,4 +553,4 @@ def emulate_block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p
             scores = torch.einsum("qhd,khd->hqk", qs[bi, rows], ks[bi]) * scale
             scores = scores.masked_fill(~allowed[None], float("-inf"))
             out[bi, rows] = torch.einsum("hqk,khd->qhd", torch.softmax(scores, -1), vs[bi])
-    return out.gather(1, plan.inverse[:, :, None, None].expand(b, -1, h, d))
+    return torch.empty_like(out).index_put_((batch, plan.q_order), out)  # back to token order
