@@ -27,9 +27,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-quality_out}"
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
+WHEELS="${WHEELS:-.whl}"  # another folder of wheels: e.g. without av (the study does not import it), to leave room
+if ls "$WHEELS"/*.whl >/dev/null 2>&1; then  # in the 64 MiB carry for a dense checkpoint
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/moga-site \
-    .whl/*.whl
+    "$WHEELS"/*.whl
   export PYTHONPATH="/tmp/moga-site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export COMFYUI_PATH="${COMFYUI_PATH:-$PWD/.comfy}"
