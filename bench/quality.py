@@ -94,6 +94,14 @@ class StudyConfig:
     tune_auto_t: float | None = None  # calibration noise level the auto routers are tuned at (None: every one)
     dense_steps: int = 0  # sampling steps run dense before a training-free row's mode (the node's start_percent)
     far_shots: int = 2  # identity_far: pairs at least this many shots apart (and identity_span's minimum)
+    # teacher-forced identity (identity_tf): noise levels t at which each row's one-step estimate of the clean video,
+    # x̂0 = x_t − t·v̂, is read at the subjects' true pixels. It needs no generated subject (a small model's samples
+    # may show few: the sampled identity then rests on a handful of pairs); at high t a shot's own pixels carry little
+    # of its subject's colour, so agreeing across shots takes attention to the other shots. () = off.
+    identity_ts: tuple[float, ...] = ()
+    # a local-branches-only row (window + frame, no groups) among the matched rows: the control that says how much of
+    # each metric long-range attention carries
+    local_control: bool = False
     train_task: TaskSpec | None = None  # dense training clips (None: the evaluation task); same world, frame size
     dense_long: TrainConfig | None = None  # a second dense phase on the evaluation task (full length)
 
@@ -171,7 +179,8 @@ def preset(name: str) -> StudyConfig:
             # 16, shift 2) starts at t = shift_t(1 − 2/16) = 0.933 (calibration_t checks it)
             calib_ts=(0.933, 0.6, 0.3), eval_batches=2, eval_batch=3, sample_steps=16, shift=2.0,
             loss_ts=(0.3, 0.7), probe_batches=2, probe_batch=4, probe_steps=1500, targets=(0.15, 0.25, 0.35),
-            dense_steps=3, far_shots=4, tune_auto_t=0.933, distill_steps=0)
+            dense_steps=3, far_shots=4, tune_auto_t=0.933, distill_steps=0, identity_ts=(0.9, 0.7),
+            local_control=True)
     if name == "long-tiny":  # CI slice of `long`: the same pipeline (short-clip training, tuning, every row), tiny
         task = TaskSpec(frames=12, height=8, width=16, min_shots=6, max_shots=6, min_shot_frames=2, num_subjects=4,
                         num_backgrounds=4, cast=2, text_dim=32)
@@ -188,7 +197,8 @@ def preset(name: str) -> StudyConfig:
             num_groups=4, temporal_group=2, distill_steps=0, calib_batches=1, calib_batch=2, calib_ts=(0.75, 0.3),
             eval_batches=1, eval_batch=3, sample_steps=4, shift=1.0, loss_ts=(0.5,), probe_batches=2, probe_batch=3,
             probe_steps=200, svg2_q_clusters=4, svg2_k_clusters=8, svg2_iters=2, targets=(0.15, 0.25, 0.35),
-            dense_steps=2, far_shots=3, tune_auto_t=0.75, tune_max_groups=32)
+            dense_steps=2, far_shots=3, tune_auto_t=0.75, tune_max_groups=32, identity_ts=(0.9,),
+            local_control=True)
     raise ValueError(f"unknown preset {name!r}")
 
 
@@ -243,6 +253,9 @@ def matched_rows(cfg: StudyConfig, tuned: dict, routers_cal: dict, routers_ft: l
                     am = AttentionMode("moga", mcfg, auto=True)
             rows.append((matched_key(mode, target), f"{MATCHED_LABELS[mode]} @ {target:.2f}", "dense", am,
                          cfg.dense_steps, extra))
+    if cfg.local_control:  # after every target's rows: a deadline drops the control first
+        rows.append(("local_only", "Local branches only (window + frame), control", "dense",
+                     AttentionMode("local", cfg.moga("union")), cfg.dense_steps, {"mode": "local_only"}))
     return rows
 
 
@@ -308,6 +321,8 @@ def evaluate_row(model, ctrl, mode, cfg: StudyConfig, task, eval_set, probe, aut
     coverage = _mean([c for i in range(len(model.blocks)) for c in ctrl.coverage.get(i, [])])
     ctrl.compare = False
     ctrl.reset_records()
+    identity_tf = teacher_forced_identity(model, ctrl, cfg, task, eval_set, autocast)
+    ctrl.reset_records()
     samples, step_times = [], []
     for bi, (batch, noise) in enumerate(eval_set):
         ctrl.set(layout=layout_for(task.spec, batch.shots))
@@ -333,11 +348,42 @@ def evaluate_row(model, ctrl, mode, cfg: StudyConfig, task, eval_set, probe, aut
             fid["psnr"].append(f["psnr"])
             fid["cosine"].append(f["cosine"])
     row.update(identity_score(insts, missing, far=cfg.far_shots))
+    row.update(identity_tf)
     row.update(_merge_adherence(adh))
     if dense_samples is not None:
         row["psnr"] = _mean(fid["psnr"]) if all(math.isfinite(p) for p in fid["psnr"]) else float("inf")
         row["cosine"] = _mean(fid["cosine"])
     return row, samples
+
+
+@torch.no_grad()
+def teacher_forced_identity(model, ctrl, cfg: StudyConfig, task, eval_set, autocast) -> dict:
+    """Cross-shot identity of the one-step clean estimate x̂0 = x_t − t·v̂ at each t of ``cfg.identity_ts``, read at
+    the subjects' true pixels (``Batch.labels``), with the controller's current mode (an auto mode fits its routers
+    on a dense forward of the same input). Returns ``identity_tf``, ``identity_tf_far``, ``identity_tf_pairs``,
+    ``identity_tf_far_pairs`` (the first t; every t's score under ``identity_tf_by_t``); {} when off."""
+    if not cfg.identity_ts:
+        return {}
+    device = eval_set[0][0].latents.device
+    by_t = {}
+    for ti, t in enumerate(cfg.identity_ts):
+        insts, missing = [], 0
+        for bi, (batch, _) in enumerate(eval_set):
+            ctrl.set(layout=layout_for(task.spec, batch.shots))
+            # noise seeds apart from the flow loss's (SEED_EVAL + 100·bi + ti): a different draw at another t
+            xt, _ = noisy(batch.latents, t, SEED_EVAL + 50 + 100 * bi + ti)
+            tt = torch.full((xt.shape[0],), float(t), device=device)
+            x0_hat = xt - t * predict_mode(model, ctrl, xt, tt, batch.context, autocast).float()
+            found, miss = subject_instances(x0_hat, batch.labels, batch, task, video_offset=1000 * bi)
+            insts += found
+            missing += miss
+        by_t[f"{t:g}"] = identity_score(insts, missing, far=cfg.far_shots)
+    first = by_t[f"{cfg.identity_ts[0]:g}"]
+    return {"identity_tf": first["identity"], "identity_tf_far": first["identity_far"],
+            "identity_tf_pairs": first["identity_pairs"], "identity_tf_far_pairs": first["identity_far_pairs"],
+            "identity_tf_t": cfg.identity_ts[0],
+            "identity_tf_by_t": {k: {"identity": v["identity"], "identity_far": v["identity_far"],
+                                     "pairs": v["identity_pairs"]} for k, v in by_t.items()}}
 
 
 def _identity_of(samples_and_batches, probe, task, far: int = 2) -> dict:
@@ -593,6 +639,9 @@ def run_study(cfg: StudyConfig, out_dir: str, device: str = "cpu", dense_checkpo
         ref = dense_samples[0]
         results["checks"]["union_m1_vs_dense_max_abs"] = float((x1 - ref).abs().max())
         results["checks"]["union_m1_vs_dense_rel"] = float((x1 - ref).abs().max() / ref.abs().max())
+        # the PSNR of two samples that differ by kernel rounding only (bf16 on the GPU): the floor under which a
+        # row's PSNR cannot be told from dense attention's
+        results["checks"]["union_m1_vs_dense_psnr"] = fidelity(x1, ref[: x1.shape[0]])["psnr"]
         ctrl.set(AttentionMode("dense"))
         x2 = sample(model, ctrl, batch.context, noise, cfg.sample_steps, cfg.shift, autocast)
         results["checks"]["dense_repeat_max_abs"] = float((x2 - ref).abs().max())

@@ -9,6 +9,9 @@ from __future__ import annotations
 import math
 
 IDENTITY_SLACK = 0.01  # the issue's bar: identity >= dense − 0.01
+# the sampled identity decides only when dense attention's own samples give at least this many pairs (subjects the
+# probe finds in two shots of a video); else the teacher-forced identity (`identity_tf`, read at the true pixels)
+MIN_IDENTITY_PAIRS = 20
 ROUTED_UNION = ("union_auto", "union_auto_g2", "union_calibrated")
 FREE_MODES = ROUTED_UNION + ("random_groups", "svg2")
 
@@ -30,6 +33,21 @@ def _f(v, fmt):
 
 def _ge(a, b):
     return math.isfinite(a) and math.isfinite(b) and a >= b
+
+
+def identity_measure(data: dict) -> tuple[str, str]:
+    """Which identity column decides the targets and the pick, and why (a sentence): the sampled identity when dense
+    attention's samples give ``MIN_IDENTITY_PAIRS`` pairs or more, else the teacher-forced one when it was
+    measured."""
+    dense = next((r for r in data.get("rows", []) if r.get("key") == "dense" and not r.get("error")), {})
+    pairs = int(dense.get("identity_pairs") or 0)
+    if pairs >= MIN_IDENTITY_PAIRS or dense.get("identity_tf") is None:
+        return "identity", (f"identity of the samples (dense attention's samples give {pairs} pairs)")
+    return "identity_tf", (f"teacher-forced identity at t = {_f(dense.get('identity_tf_t'), 'g')} (dense "
+                           f"attention's samples give only {pairs} pairs — subjects the probe finds in two shots of a "
+                           f"video — under the {MIN_IDENTITY_PAIRS} that would make the sampled identity decide; "
+                           f"the teacher-forced one reads {int(dense.get('identity_tf_pairs') or 0)} pairs at the "
+                           "subjects' true pixels)")
 
 
 class Rows:
@@ -59,7 +77,8 @@ def target_checks(data: dict) -> list[dict]:
     missing), detail}."""
     rows = Rows(data)
     checks = []
-    dense_id = rows.dense("identity")
+    idc, _ = identity_measure(data)
+    dense_id = rows.dense(idc)
     for t in rows.targets:
         for mode in ("union_auto", "union_auto_g2"):
             if (mode, t) not in rows.matched:
@@ -68,18 +87,18 @@ def target_checks(data: dict) -> list[dict]:
             checks.append({"target": t, "what": f"{mode} PSNR ≥ svg2 PSNR",
                            "passed": _ge(ps, pb) if math.isfinite(pb) else None,
                            "detail": f"{_f(ps, '.2f')} vs {_f(pb, '.2f')} dB"})
-            idn = rows.get(mode, t, "identity")
-            checks.append({"target": t, "what": f"{mode} identity ≥ dense − {IDENTITY_SLACK}",
+            idn = rows.get(mode, t, idc)
+            checks.append({"target": t, "what": f"{mode} {idc} ≥ dense − {IDENTITY_SLACK}",
                            "passed": _ge(idn, dense_id - IDENTITY_SLACK),
                            "detail": f"{_f(idn, '.4f')} vs {_f(dense_id, '.4f')}"})
         if ("union_auto", t) in rows.matched and ("union_calibrated", t) in rows.matched:
-            for col, name, fmt in (("psnr", "PSNR", ".2f"), ("identity", "identity", ".4f")):
+            for col, name, fmt in (("psnr", "PSNR", ".2f"), (idc, idc, ".4f")):
                 a, c = rows.get("union_auto", t, col), rows.get("union_calibrated", t, col)
                 checks.append({"target": t, "what": f"union_auto {name} ≥ union_calibrated {name}",
                                "passed": _ge(a, c), "detail": f"{_f(a, fmt)} vs {_f(c, fmt)}"})
     if "moga_finetuned" in rows.by_key:
-        a = rows.ft("identity")
-        checks.append({"target": None, "what": "MoGA fine-tune (mean) identity ≥ dense", "passed": _ge(a, dense_id),
+        a = rows.ft(idc)
+        checks.append({"target": None, "what": f"MoGA fine-tune (mean) {idc} ≥ dense", "passed": _ge(a, dense_id),
                        "detail": f"{_f(a, '.4f')} vs {_f(dense_id, '.4f')}"})
     return checks
 
@@ -92,11 +111,12 @@ def pick(data: dict) -> dict:
     target whose best row also reaches the SVG2-style baseline's PSNR; else the lowest target with any identity-
     keeping union row; else none (no training-free row kept identity: dense, or the highest density measured)."""
     rows = Rows(data)
-    dense_id = rows.dense("identity")
+    idc, _ = identity_measure(data)
+    dense_id = rows.dense(idc)
     per_target = {}
     for t in rows.targets:
         keep = [m for m in ROUTED_UNION if (m, t) in rows.matched
-                and _ge(rows.get(m, t, "identity"), dense_id - IDENTITY_SLACK)]
+                and _ge(rows.get(m, t, idc), dense_id - IDENTITY_SLACK)]
         best = max(keep, key=lambda m: (rows.get(m, t, "psnr"), -ROUTED_UNION.index(m))) if keep else None
         beats = best is not None and (("svg2", t) not in rows.matched
                                       or _ge(rows.get(best, t, "psnr"), rows.get("svg2", t, "psnr")))
@@ -124,28 +144,43 @@ def _knob(row) -> str:
 def table(data: dict) -> list[str]:
     cfg = (data.get("meta") or {}).get("config", {})
     far = cfg.get("far_shots", 2)
-    head = ("| mode | target | knob | density: calib → eval (sampling) | PSNR dB | cos | attn err | identity | "
-            f"identity ≥ {far} shots apart | identity first ↔ last | adherence | flow loss | ms/step |")
-    lines = [head, "|" + "---|" * 13]
+    head = ("| mode | target | knob | density: calib → eval (sampling) | scores/N² | PSNR dB | cos | attn err | "
+            f"identity (pairs) | identity ≥ {far} shots apart | identity first ↔ last | identity, teacher-forced "
+            "(≥ far) | adherence | flow loss | ms/step |")
+    ncol = head.count("|") - 1
+    lines = [head, "|" + "---|" * ncol]
     for r in data.get("rows", []):
         label = r.get("label", r.get("key"))
         if r.get("error"):
-            lines.append(f"| {label} | error: {r['error'][:100]} |" + " |" * 11)
+            lines.append(f"| {label} | error: {r['error'][:100]} |" + " |" * (ncol - 2))
             continue
         target = _f(r.get("target_density"), ".2f") if "target_density" in r else "–"
         knob = _knob(r) if r.get("params") else "–"
         dens = (f"{_f(r.get('tuned_density'), '.3f')} → " if "tuned_density" in r else "") + \
             f"{_f(r.get('density'), '.3f')} ({_f(r.get('density_sampling'), '.3f')})"
-        lines.append(f"| {label} | {target} | {knob} | {dens} | {_f(r.get('psnr'), '.2f')} | "
-                     f"{_f(r.get('cosine'), '.4f')} | {_f(r.get('rel_err'), '.3f')} | {_f(r.get('identity'), '.3f')} | "
+        lines.append(f"| {label} | {target} | {knob} | {dens} | {_f(r.get('compute'), '.3f')} | "
+                     f"{_f(r.get('psnr'), '.2f')} | {_f(r.get('cosine'), '.4f')} | {_f(r.get('rel_err'), '.3f')} | "
+                     f"{_f(r.get('identity'), '.3f')} ({r.get('identity_pairs', 0)}) | "
                      f"{_f(r.get('identity_far'), '.3f')} | {_f(r.get('identity_span'), '.3f')} | "
+                     f"{_f(r.get('identity_tf'), '.3f')} ({_f(r.get('identity_tf_far'), '.3f')}) | "
                      f"{_f(r.get('adherence'), '.3f')} | {_f(r.get('flow_loss'), '.4f')} | "
                      f"{_f(r.get('ms_per_step'), '.1f')} |")
     gt = (data.get("reference") or {}).get("ground_truth", {})
-    lines.append(f"| *ground-truth videos* | – | – | – | – | – | – | {_f(gt.get('identity'), '.3f')} | "
-                 f"{_f(gt.get('identity_far'), '.3f')} | {_f(gt.get('identity_span'), '.3f')} | "
-                 f"{_f(gt.get('adherence'), '.3f')} | – | – |")
+    lines.append(f"| *ground-truth videos* | – | – | – | – | – | – | – | {_f(gt.get('identity'), '.3f')} "
+                 f"({gt.get('identity_pairs', 0)}) | {_f(gt.get('identity_far'), '.3f')} | "
+                 f"{_f(gt.get('identity_span'), '.3f')} | – | {_f(gt.get('adherence'), '.3f')} | – | – |")
     return lines
+
+
+def concentration(data: dict) -> list[tuple[float, float]]:
+    """(density, top-p) pairs of the SVG2-style baseline's tuning: the share of the (centroid-estimated) attention
+    mass its kept clusters hold at each density. Uniform attention gives top-p = density; the further above, the more
+    concentrated the model's attention."""
+    out = []
+    for entry in data.get("tuning") or []:
+        if entry.get("mode") == "svg2" and "svg2_top_p" in (entry.get("params") or {}):
+            out.append((float(entry.get("density", float("nan"))), float(entry["params"]["svg2_top_p"])))
+    return sorted(out)
 
 
 def _training(data: dict) -> list[str]:
@@ -210,7 +245,13 @@ def render(data: dict, model_params: float, tokens: int) -> str:
            f"{cfg.get('sample_steps')} Euler steps; the training-free rows run their first {cfg.get('dense_steps')} "
            "steps dense (the node's dense warm-up); the fine-tuned model runs MoGA mean mode from the first step.",
            f"- **Identity** (cosine of a subject's per-video colour across shots; 1 = the same individual): all "
-           f"pairs; pairs ≥ {cfg.get('far_shots')} shots apart; and first vs last appearance.",
+           f"pairs (their number in brackets: subjects the probe finds in two shots of a generated video); pairs ≥ "
+           f"{cfg.get('far_shots')} shots apart; and first vs last appearance."
+           + (f" *Teacher-forced*: the same score on each row's one-step estimate of the clean video, x̂0 = x_t − t·v̂ "
+              f"at t = {', '.join(str(t) for t in cfg.get('identity_ts'))}, read at the subjects' true pixels (every "
+              "captioned appearance counts, generated or not); at that noise a shot's own pixels carry little of its "
+              "subject's colour, so agreeing across shots takes attention to the other shots."
+              if cfg.get("identity_ts") else ""),
            "", "## Results", ""]
     out += table(data)
     out += ["", "Columns: *density* = query–key pairs attended / N² (1 − sparsity; the key set G ∪ W ∪ F, second "
@@ -218,7 +259,15 @@ def render(data: dict, model_params: float, tokens: int) -> str:
             "(sampling's in brackets); *PSNR / cos* against the dense model's sample from the same prompt and noise; "
             "*attn err* = ‖O − O_dense‖ / ‖O_dense‖ per self-attention call; *ms/step* = median sparse sampling "
             "step of a batch (the auto routers' one fit per video, at the last dense step, is not in it; masked "
-            "SVG2 is not SVG2's speed).", "", "Training:", ""] + _training(data)
+            "SVG2 is not SVG2's speed); *scores/N²* = scores the implementation computes (what a row costs).",
+            "", "Training:", ""] + _training(data)
+    checks = data.get("checks") or {}
+    if checks:
+        out += ["", f"Check: union mode with M = 1 against dense attention, one batch sampled: max |Δ| "
+                f"{_f(checks.get('union_m1_vs_dense_max_abs'), '.3g')}, PSNR "
+                f"{_f(checks.get('union_m1_vs_dense_psnr'), '.1f')} dB — two exact computations that differ only by "
+                "kernel rounding (bf16 on the GPU), the floor of the PSNR column; dense sampled twice: max |Δ| "
+                f"{_f(checks.get('dense_repeat_max_abs'), '.3g')}."]
     out += ["", "## Targets", "", "Each line is decided by the rows above (✓ met, ✗ not met, – row missing):", ""]
     for c in target_checks(data):
         mark = "–" if c["passed"] is None else ("✓" if c["passed"] else "✗")
@@ -237,18 +286,19 @@ def render(data: dict, model_params: float, tokens: int) -> str:
 def _pick_text(data: dict) -> list[str]:
     rows = Rows(data)
     p = pick(data)
-    dense_id = rows.dense("identity")
-    text = []
+    idc, why = identity_measure(data)
+    dense_id = rows.dense(idc)
+    text = [f"Identity below is the {why}. "]
     if p["mode"] is None:
-        text.append(f"**No training-free mode kept cross-shot identity within {IDENTITY_SLACK} of dense attention "
-                    f"({_f(dense_id, '.3f')}) at the densities measured**: for multi-shot videos use dense attention, "
-                    "or a higher density than these. ")
+        text.append(f"**No training-free union mode kept cross-shot identity within {IDENTITY_SLACK} of dense "
+                    f"attention ({_f(dense_id, '.3f')}) at the densities measured**: for multi-shot videos use dense "
+                    "attention, or a higher density than these. ")
     else:
         t = p["density"]
         r = rows.matched[(p["mode"], t)]
         text.append(f"**Stock weights: `{p['mode']}` at density {t:.2f}** ({_knob(r)} at {_tokens(data):,} tokens): "
                     f"the lowest target density where a union mode keeps identity within {IDENTITY_SLACK} of dense "
-                    f"({_f(r.get('identity'), '.3f')} vs {_f(dense_id, '.3f')})"
+                    f"({_f(r.get(idc), '.3f')} vs {_f(dense_id, '.3f')})"
                     + (" and reaches the SVG2-style baseline's PSNR" if p["per_target"][t]["beats_svg2"] else
                        " (it does not reach the SVG2-style baseline's PSNR at any density where identity holds)")
                     + f": {_f(r.get('psnr'), '.2f')} dB, attention error {_f(r.get('rel_err'), '.3f')}. ")
@@ -257,8 +307,9 @@ def _pick_text(data: dict) -> list[str]:
         text.append(f"At {t:.2f}: " + (f"best identity-keeping union mode `{b}` ({_f(rows.get(b, t, 'psnr'), '.2f')} "
                                        f"dB)" if b else "no union mode keeps identity")
                     + f"; SVG2-style {_f(rows.get('svg2', t, 'psnr'), '.2f')} dB, identity "
-                    f"{_f(rows.get('svg2', t, 'identity'), '.3f')}; random groups "
-                    f"{_f(rows.get('random_groups', t, 'psnr'), '.2f')} dB. ")
+                    f"{_f(rows.get('svg2', t, idc), '.3f')}; random groups "
+                    f"{_f(rows.get('random_groups', t, 'psnr'), '.2f')} dB, identity "
+                    f"{_f(rows.get('random_groups', t, idc), '.3f')}. ")
     comp = []
     for a, b, what in (("union_auto", "union_calibrated", "auto routers vs routers calibrated on other prompts"),
                        ("union_auto_g2", "union_auto", "the second group vs none (auto routers)"),
@@ -267,11 +318,39 @@ def _pick_text(data: dict) -> list[str]:
         if not both:
             continue
         wins_p = sum(_ge(rows.get(a, t, "psnr"), rows.get(b, t, "psnr")) for t in both)
-        wins_i = sum(_ge(rows.get(a, t, "identity"), rows.get(b, t, "identity")) for t in both)
+        wins_i = sum(_ge(rows.get(a, t, idc), rows.get(b, t, idc)) for t in both)
         comp.append(f"{what}: at least as good in PSNR at {wins_p} of {len(both)} densities, in identity at "
                     f"{wins_i} of {len(both)}")
     if comp:
         text.append("Matched-density comparisons — " + "; ".join(comp) + ". ")
+    g2 = [t for t in rows.targets if ("union_auto_g2", t) in rows.matched and ("union_auto", t) in rows.matched]
+    if g2:
+        text.append("The second group's cost at the same density: " + ", ".join(
+            f"{_f(rows.get('union_auto_g2', t, 'compute'), '.2f')} vs {_f(rows.get('union_auto', t, 'compute'), '.2f')}"
+            f" scores/N² at {t:.2f}" for t in g2) + " (the block kernel computes every key block any query of a block "
+            "needs: with a second group per query, more of them). ")
+    routed = [m for m in ROUTED_UNION if any((m, t) in rows.matched for t in rows.targets)]
+    rand_wins = [t for t in rows.targets if ("random_groups", t) in rows.matched and routed and all(
+        _ge(rows.get("random_groups", t, "psnr"), rows.get(m, t, "psnr")) for m in routed if (m, t) in rows.matched)]
+    conc = concentration(data)
+    if rand_wins:
+        text.append(f"**Random groups beat every routed union mode in PSNR at {len(rand_wins)} of "
+                    f"{len(rows.targets)} densities** (attention error "
+                    + ", ".join(f"{_f(rows.get('random_groups', t, 'rel_err'), '.3f')} vs "
+                                f"{_f(min(rows.get(m, t, 'rel_err') for m in routed if (m, t) in rows.matched), '.3f')}"
+                                f" at {t:.2f}" for t in rand_wins)
+                    + "): a balanced random partition makes each query's group an unbiased sample of the far keys, "
+                    "which is close to full attention where attention is spread out; content groups keep the keys "
+                    "most like the query and drop the rest, a biased sample. ")
+    if conc:
+        text.append("How concentrated this model's attention is: the SVG2-style baseline's kept clusters hold "
+                    + ", ".join(f"{tp:.2f} of the estimated attention mass at density {d:.2f}" for d, tp in conc)
+                    + " (uniform attention: equal numbers). ")
+    if "local_only" in rows.by_key:
+        lo = rows.by_key["local_only"]
+        text.append(f"Control, local branches only (density {_f(lo.get('density'), '.3f')}): "
+                    f"{_f(lo.get('psnr'), '.2f')} dB, identity {_f(_num(lo.get(idc)), '.3f')} (dense "
+                    f"{_f(dense_id, '.3f')}) — what the metrics read without long-range keys. ")
     if p["mode"] is not None:
         prm = p["params"]
         text.append("**Node defaults this supports**: "
@@ -281,14 +360,15 @@ def _pick_text(data: dict) -> list[str]:
                     f"{prm.get('capacity')}, M = {prm.get('num_groups')} at this length (M sets the density: the group "
                     "share of a query's keys is about 1/M). ")
     if "moga_finetuned" in rows.by_key:
-        ft_ok = _ge(rows.ft("identity"), dense_id)
+        ft_ok = _ge(rows.ft(idc), dense_id)
         text.append(f"**Trained reference**: the MoGA fine-tune (mean mode, density {_f(rows.ft('density'), '.2f')}) "
-                    f"scores identity {_f(rows.ft('identity'), '.3f')} "
+                    f"scores identity {_f(rows.ft(idc), '.3f')} "
                     + ("— at least dense attention's " if ft_ok else "— below dense attention's ")
                     + f"{_f(dense_id, '.3f')}; flow loss {_f(rows.ft('flow_loss'), '.4f')} vs dense "
                     f"{_f(rows.dense('flow_loss'), '.4f')}. Mean mode only for weights trained with it. ")
-    text.append("This is a small model on synthetic data: the ranking is the expectation for Wan/HunyuanVideo, not "
-                "these numbers.")
+    text.append("This is a small model on synthetic data: how these modes rank on Wan/HunyuanVideo depends on how "
+                "concentrated their attention is, which this model does not show; compare one short clip against a "
+                "dense sample at the same seed before a long render.")
     return ["".join(text)]
 
 

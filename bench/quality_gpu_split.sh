@@ -49,7 +49,8 @@ case "$stage" in
   second)
     out="${OUT:?set OUT (the device tool sets it)}"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    OUT=/tmp/quality_long WHEELS=.device/whl bash bench/quality_gpu.sh --preset long \
+    # the study's own --deadline skips rows; the timeout is the backstop that leaves time to copy what was written
+    OUT=/tmp/quality_long WHEELS=.device/whl timeout "${STUDY_TIMEOUT:-565}" bash bench/quality_gpu.sh --preset long \
       --dense-checkpoint .device/quality/quality_dense.safetensors --deadline "${DEADLINE:-545}" "$@" \
       >"$out/second.log" 2>&1
     echo "second rc $?"; tail -8 "$out/second.log"

@@ -2,6 +2,7 @@
 (bench/quality_data.py, bench/quality_metrics.py, bench/quality_model.py). CPU, seconds."""
 
 import copy
+import dataclasses
 import math
 import os
 import sys
@@ -92,6 +93,43 @@ def test_identity_metric_sees_consistency_and_its_absence(task):
     for inst in consistent:
         class_colour.append(dict(inst, mean=task.world.subject_mean()[inst["subject"]] + 0.01 * torch.randn(16)))
     assert abs(identity_score(class_colour)["identity"]) < 0.5
+
+
+def test_teacher_forced_identity_of_an_exact_denoiser_is_the_true_videos(task):
+    """bench/quality.py's teacher-forced identity: x̂0 = x_t − t·v̂ read at the true pixels. A denoiser that returns
+    the exact velocity (x_t − x0)/t gives back x0, so the score is the true videos' own."""
+    import quality
+    from quality_model import AttentionMode
+
+    cfg = dataclasses.replace(quality.preset("tiny"), task=SPEC, identity_ts=(0.9,), far_shots=2)
+    eval_set = [(task.batch(300 + i, 3), None) for i in range(2)]
+    calls = []
+
+    class Exact(torch.nn.Module):
+        def forward(self, x, timestep, context, transformer_options=None):
+            x0 = eval_set[len(calls) % len(eval_set)][0].latents
+            calls.append(float(timestep[0]))
+            return (x - x0) / (timestep.view(-1, 1, 1, 1, 1) / 1000.0)
+
+    class Ctrl:
+        mode = AttentionMode("dense")
+
+        def set(self, *args, **kw):
+            pass
+
+        def options(self):
+            return {}
+
+    got = quality.teacher_forced_identity(Exact(), Ctrl(), cfg, task, eval_set, autocast=False)
+    insts = []
+    for bi, (b, _) in enumerate(eval_set):
+        insts += subject_instances(b.latents, b.labels, b, task, video_offset=1000 * bi)[0]
+    want = identity_score(insts, far=2)
+    assert calls == [pytest.approx(900.0)] * 2
+    assert got["identity_tf_pairs"] == want["identity_pairs"] > 5
+    assert got["identity_tf"] == pytest.approx(want["identity"], abs=1e-5) and got["identity_tf"] > 0.85
+    assert quality.teacher_forced_identity(Exact(), Ctrl(), dataclasses.replace(cfg, identity_ts=()), task,
+                                           eval_set, autocast=False) == {}
 
 
 def test_adherence_reads_the_caption(task):
