@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from moga_core import MogaConfig, Router, moga_attention  # noqa: E402
+from moga_core import MogaConfig, RandomGroups, Router, moga_attention  # noqa: E402
 from moga_core.bench import profile_table, time_back_to_back, time_call  # noqa: E402
 import moga_core.blocksparse as blocksparse  # noqa: E402
 from moga_core.blocksparse import BLOCK, _flex_module, build_block_plan, run_flex  # noqa: E402
@@ -141,9 +141,10 @@ def sweep_kernel_options(tokens, groups, heads, head_dim, capacity, repeats):
 
 @torch.no_grad()
 def run_point(tokens, groups, heads, head_dim, capacities, repeats, varlen_capacities, check, profile="",
-              back_to_back=False):
+              back_to_back=False, groupings=("kmeans",), combines=("union", "mean")):
     layout, x, q, k, v = make_point(tokens, heads, head_dim)
-    router = Router.fit(x.float(), groups, seed=0).cuda()
+    kmeans_router = Router.fit(x.float(), groups, seed=0).cuda()
+    router = kmeans_router
     res = {"tokens": layout.num_tokens, "grid": layout.grid, "shots": layout.shots, "heads": heads,
            "head_dim": head_dim, "groups": groups, "rows": []}
     dense_out, dense_peak = peak_of(lambda: cudnn_dense(q, k, v))
@@ -154,60 +155,64 @@ def run_point(tokens, groups, heads, head_dim, capacities, repeats, varlen_capac
     print(f"N={layout.num_tokens} dense cuDNN {dense_ms:.1f} ms", flush=True)
     dense_f = dense_out.float()
     first = True
-    for cap in capacities:
-        for combine in ("union", "mean"):
-            for backend in ("auto", "varlen"):
-                if backend == "varlen" and cap not in varlen_capacities:
-                    continue
-                cfg = MogaConfig(num_groups=groups, combine=combine, capacity=cap, backend=backend)
+    for grouping, cap, combine, backend in [(gr, c, cb, be) for gr in groupings for c in capacities
+                                            for cb in combines for be in ("auto", "varlen")]:
+        if backend == "varlen" and cap not in varlen_capacities:
+            continue
+        if grouping == "random" and (combine != "union" or cap != capacities[0]):
+            continue  # balanced already (the capacity changes nothing); union mode only
+        # kmeans: `Router.fit` on the tokens (unequal groups); random: `RandomGroups` (balanced, content-free)
+        router = kmeans_router if grouping == "kmeans" else RandomGroups(groups, seed=0)
+        cfg = MogaConfig(num_groups=groups, combine=combine, capacity=cap, backend=backend)
 
-                def layer():
-                    g, gate = router(x, capacity=cap)
-                    return moga_attention(q, k, v, layout, cfg, g, gate if combine == "mean" else None)
+        def layer():
+            g, gate = router(x, capacity=cap)
+            return moga_attention(q, k, v, layout, cfg, g, gate if combine == "mean" else None)
 
-                cold = None
-                if first and backend == "auto":
-                    torch.cuda.synchronize()
-                    t0 = time.perf_counter()
-                    layer()
-                    torch.cuda.synchronize()
-                    cold = (time.perf_counter() - t0) * 1e3
-                    first = False
-                stats = {}
-                g, gate = router(x, capacity=cap)
-                out, peak = peak_of(lambda: moga_attention(q, k, v, layout, cfg, g, gate if combine == "mean" else None,
-                                                           stats=stats))
-                ms = time_call(layer, q.device, repeats)
-                b2b = time_back_to_back(layer, q.device, repeats) if back_to_back else None
-                sizes = torch.bincount(g[0], minlength=groups).tolist()
-                row = {"capacity": cap, "combine": combine, "backend": stats["backend"], "ms": ms,
-                       "speedup": dense_ms / ms, "density": stats["density"], "work_density": stats["work_density"],
-                       "relative_cost": stats.get("relative_cost"), "peak_gib": peak,
-                       "largest_group": max(sizes) / sum(sizes), "group_sizes": sizes,
-                       "err_vs_dense": float((out.float() - dense_f).norm() / dense_f.norm())}
-                if cold is not None:
-                    row["cold_ms"] = cold
-                if b2b is not None:
-                    row["b2b_ms"], row["b2b_speedup"] = b2b, res["dense_b2b_ms"] / b2b
-                if check and backend == "auto":
-                    sl = slice(0, 1)
-                    simple = moga_attention(q[:, :, sl].float(), k[:, :, sl].float(), v[:, :, sl].float(), layout,
-                                            replace(cfg, backend="loop"), g, gate.float() if combine == "mean" else None)
-                    row["check"] = float((out[:, :, sl].float() - simple).abs().max() / simple.abs().max())
-                    del simple
-                if profile and backend == "auto" and combine == "union" and cap == capacities[len(capacities) // 2]:
-                    profile_table(layer, profile, q.device, f"layer N={layout.num_tokens} M={groups} union "
-                                  f"capacity {cap}", calls=5)
-                res["rows"].append(row)
-                print(f"  cap={cap} {combine:5s} {row['backend']:6s} {ms:8.1f} ms {row['speedup']:5.2f}x "
-                      f"dens {row['density']:.3f} work {row['work_density']:.3f} err {row['err_vs_dense']:.3f} "
-                      f"largest {row['largest_group']:.2f} peak {peak:.2f} GiB"
-                      + (f" check {row['check']:.1e}" if "check" in row else "")
-                      + (f" cold {cold:.0f} ms" if cold else "")
-                      + (f" | back to back {b2b:.1f} ms {row['b2b_speedup']:.2f}x" if b2b else ""), flush=True)
-                del out
-                torch.cuda.empty_cache()
+        cold = None
+        if first and backend == "auto":
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            layer()
+            torch.cuda.synchronize()
+            cold = (time.perf_counter() - t0) * 1e3
+            first = False
+        stats = {}
+        g, gate = router(x, capacity=cap)
+        out, peak = peak_of(lambda: moga_attention(q, k, v, layout, cfg, g, gate if combine == "mean" else None,
+                                                   stats=stats))
+        ms = time_call(layer, q.device, repeats)
+        b2b = time_back_to_back(layer, q.device, repeats) if back_to_back else None
+        sizes = torch.bincount(g[0], minlength=groups).tolist()
+        row = {"grouping": grouping, "capacity": cap, "combine": combine, "backend": stats["backend"], "ms": ms,
+               "speedup": dense_ms / ms, "density": stats["density"], "work_density": stats["work_density"],
+               "relative_cost": stats.get("relative_cost"), "peak_gib": peak,
+               "largest_group": max(sizes) / sum(sizes), "group_sizes": sizes,
+               "err_vs_dense": float((out.float() - dense_f).norm() / dense_f.norm())}
+        if cold is not None:
+            row["cold_ms"] = cold
+        if b2b is not None:
+            row["b2b_ms"], row["b2b_speedup"] = b2b, res["dense_b2b_ms"] / b2b
+        if check and backend == "auto":
+            sl = slice(0, 1)
+            simple = moga_attention(q[:, :, sl].float(), k[:, :, sl].float(), v[:, :, sl].float(), layout,
+                                    replace(cfg, backend="loop"), g, gate.float() if combine == "mean" else None)
+            row["check"] = float((out[:, :, sl].float() - simple).abs().max() / simple.abs().max())
+            del simple
+        if profile and backend == "auto" and combine == "union" and cap == capacities[len(capacities) // 2]:
+            profile_table(layer, profile, q.device, f"layer N={layout.num_tokens} M={groups} union "
+                          f"capacity {cap}", calls=5)
+        res["rows"].append(row)
+        print(f"  {grouping:6s} cap={cap} {combine:5s} {row['backend']:6s} {ms:8.1f} ms {row['speedup']:5.2f}x "
+              f"dens {row['density']:.3f} work {row['work_density']:.3f} err {row['err_vs_dense']:.3f} "
+              f"largest {row['largest_group']:.2f} peak {peak:.2f} GiB"
+              + (f" check {row['check']:.1e}" if "check" in row else "")
+              + (f" cold {cold:.0f} ms" if cold else "")
+              + (f" | back to back {b2b:.1f} ms {row['b2b_speedup']:.2f}x" if b2b else ""), flush=True)
+        del out
+        torch.cuda.empty_cache()
     # the kernel's cost per block pair, for the plan of the default-ish capacity
+    router = kmeans_router
     g, _ = router(x, capacity=capacities[len(capacities) // 2])
     plan = build_block_plan(layout, MogaConfig(num_groups=groups, combine="union"), g, "union")
     res["block_costs"] = block_costs(layout, q, k, v, plan, dense_ms, repeats)
@@ -233,6 +238,9 @@ def main(argv=None):
                         "moga_core.bench.time_back_to_back), beside the default of one call at a time")
     p.add_argument("--profile", default="", help="text file for a torch.profiler table of the union layer at the "
                                                  "middle capacity of each point")
+    p.add_argument("--groupings", default="kmeans", help="comma list: kmeans (Router.fit on the tokens), random "
+                                                          "(RandomGroups: balanced, content-free; union only)")
+    p.add_argument("--combines", default="union,mean", help="comma list of combine modes to time")
     p.add_argument("--sweep-kernel-options", action="store_true",
                    help="first time FlexAttention kernel_options candidates on the first point and use the fastest")
     args = p.parse_args(argv)
@@ -256,7 +264,8 @@ def main(argv=None):
     for point in args.points.split(","):
         tokens, groups = (int(s) for s in point.split(":"))
         out["points"].append(run_point(tokens, groups, args.heads, args.head_dim, caps, args.repeats, vcaps,
-                                       not args.no_check and tokens <= 200_000, args.profile, args.back_to_back))
+                                       not args.no_check and tokens <= 200_000, args.profile, args.back_to_back,
+                                       tuple(args.groupings.split(",")), tuple(args.combines.split(","))))
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)
     return 0

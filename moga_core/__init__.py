@@ -9,12 +9,13 @@ from .attention import dense_attention, moga_attention, reference_attention
 from .config import MogaConfig, VideoLayout
 from .distill import distill_routers
 from .parallel import sequence_parallel_moga_attention
-from .router import Router, balance_loss, balanced_assignment, capacity_assignment, kmeans
+from .router import RandomGroups, Router, balance_loss, balanced_assignment, capacity_assignment, kmeans
 
 __all__ = [
     "MogaConfig",
     "VideoLayout",
     "Router",
+    "RandomGroups",
     "moga_attention",
     "reference_attention",
     "dense_attention",

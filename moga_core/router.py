@@ -282,3 +282,60 @@ def balance_loss(probs: torch.Tensor, groups: torch.Tensor, alpha: float = 0.1, 
     else:
         raise ValueError(f"variant must be 'switch' or 'moga_v1', got {variant!r}")
     return alpha * m * (frac * mean_p).sum()
+
+
+class RandomGroups:
+    """A training-free "router" that ignores content: each sample's N tokens are split into M groups of equal size
+    (N mod M of them one larger) by a seeded random permutation of the positions — the same for every sample, call
+    and device at a given (seed, N), so a sampling run sees one fixed partition per block.
+
+    Why it exists: in union mode a query then attends to its local keys plus a uniform random 1/M of the other
+    keys, an unbiased sample of them, where content groups (k-means on hidden states) keep the keys most like the
+    query and drop the rest. On models whose long-range attention is spread out rather than concentrated, that is
+    the more faithful choice at a given density (docs/QUALITY.md measures it); the groups are also exactly balanced,
+    the block kernel's cheapest case, and need no fitting. ``gate`` is 1 (union mode ignores it; mean mode is for
+    trained routers). There is no second choice: ``route2`` raises.
+    """
+
+    def __init__(self, num_groups: int, seed: int = 0):
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+            raise ValueError(f"num_groups must be an int >= 1, got {num_groups!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        self.num_groups = num_groups
+        self.seed = seed
+        self._cache: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+    def partition(self, num_tokens: int, device=None) -> torch.Tensor:
+        """(N,) int64 group of each position: group sizes differ by at most one."""
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 1:
+            raise ValueError(f"num_tokens must be an int >= 1, got {num_tokens!r}")
+        key = (num_tokens, torch.device(device) if device is not None else torch.device("cpu"))
+        groups = self._cache.get(key)
+        if groups is None:
+            # drawn on the CPU generator: the same partition on every device
+            gen = torch.Generator().manual_seed(self.seed)
+            perm = torch.randperm(num_tokens, generator=gen)
+            groups = torch.empty(num_tokens, dtype=torch.int64)
+            groups[perm] = torch.arange(num_tokens) % self.num_groups
+            groups = groups.to(key[1])
+            if len(self._cache) > 8:  # a few lengths per run (context windows); keep the cache small
+                self._cache.clear()
+            self._cache[key] = groups
+        return groups
+
+    def __call__(self, x: torch.Tensor, balanced: bool = False, capacity: float | None = None):
+        """``x`` (B, N, C) or (N, C) -> (groups, gate) with x's leading shape. ``balanced``/``capacity`` change
+        nothing (the groups are balanced already); they are accepted so callers treat this like a `Router`."""
+        _check_x(x)
+        groups = self.partition(x.shape[-2], x.device).expand(x.shape[:-1]).contiguous()
+        return groups, torch.ones(x.shape[:-1], device=x.device, dtype=x.dtype)
+
+    def route2(self, x: torch.Tensor, capacity: float | None = None):
+        raise ValueError("random groups have no second-best group: expected second_group off with random groups")
+
+    def to(self, device) -> "RandomGroups":
+        return self  # partitions are made (and cached) on the device of each call's x
+
+    def __repr__(self) -> str:
+        return f"RandomGroups(num_groups={self.num_groups}, seed={self.seed})"
