@@ -35,19 +35,41 @@ def _ge(a, b):
     return math.isfinite(a) and math.isfinite(b) and a >= b
 
 
-def identity_measure(data: dict) -> tuple[str, str]:
-    """Which identity column decides the targets and the pick, and why (a sentence): the sampled identity when dense
-    attention's samples give ``MIN_IDENTITY_PAIRS`` pairs or more, else the teacher-forced one when it was
-    measured."""
-    dense = next((r for r in data.get("rows", []) if r.get("key") == "dense" and not r.get("error")), {})
+def identity_measure(data: dict) -> tuple[str | None, str]:
+    """Which identity column decides the targets and the pick, and why (a sentence); None when no measure can.
+
+    Candidates in order: the sampled identity, when dense attention's samples give ``MIN_IDENTITY_PAIRS`` pairs or
+    more; else the teacher-forced one. A candidate is used only if it sees what it is for: where the matched study
+    ran the local-branches-only control, that control (no long-range keys) must score below dense − IDENTITY_SLACK on
+    it. Otherwise the identity targets cannot be decided from this run."""
+    rows = {r.get("key"): r for r in data.get("rows", []) if not r.get("error")}
+    dense, local = rows.get("dense", {}), rows.get("local_only")
     pairs = int(dense.get("identity_pairs") or 0)
-    if pairs >= MIN_IDENTITY_PAIRS or dense.get("identity_tf") is None:
-        return "identity", (f"identity of the samples (dense attention's samples give {pairs} pairs)")
-    return "identity_tf", (f"teacher-forced identity at t = {_f(dense.get('identity_tf_t'), 'g')} (dense "
-                           f"attention's samples give only {pairs} pairs — subjects the probe finds in two shots of a "
-                           f"video — under the {MIN_IDENTITY_PAIRS} that would make the sampled identity decide; "
-                           f"the teacher-forced one reads {int(dense.get('identity_tf_pairs') or 0)} pairs at the "
-                           "subjects' true pixels)")
+    candidates = []
+    if pairs >= MIN_IDENTITY_PAIRS:
+        candidates.append(("identity", f"identity of the samples (dense attention's samples give {pairs} pairs)"))
+    else:
+        few = (f"dense attention's samples give only {pairs} identity pairs — subjects the probe finds in two shots "
+               f"of a generated video — under the {MIN_IDENTITY_PAIRS} that would let the sampled identity decide")
+        if dense.get("identity_tf") is not None:
+            candidates.append(("identity_tf", f"teacher-forced identity at t = {_f(dense.get('identity_tf_t'), 'g')} "
+                                              f"({few}; the teacher-forced one reads "
+                                              f"{int(dense.get('identity_tf_pairs') or 0)} pairs at the subjects' "
+                                              "true pixels)"))
+        else:
+            return None, few
+    refused = []
+    for col, why in candidates:
+        if local is None:
+            return col, why
+        lo, de = _num(local.get(col)), _num(dense.get(col))
+        if _ge(de - IDENTITY_SLACK, lo) and not _ge(lo, de - IDENTITY_SLACK):
+            return col, why + f"; the local-only control scores {_f(lo, '.3f')} against dense {_f(de, '.3f')} on it"
+        refused.append(f"{col}: the local-only control (no long-range keys) scores {_f(lo, '.3f')}, not below dense "
+                       f"attention's {_f(de, '.3f')} − {IDENTITY_SLACK}, so it does not see what long-range "
+                       "attention carries")
+    reason = candidates[-1][1] if candidates else ""
+    return None, (f"not decidable from this run: {reason}; " + "; ".join(refused))
 
 
 class Rows:
@@ -78,7 +100,10 @@ def target_checks(data: dict) -> list[dict]:
     rows = Rows(data)
     checks = []
     idc, _ = identity_measure(data)
-    dense_id = rows.dense(idc)
+    dense_id = rows.dense(idc) if idc else float("nan")
+
+    def id_check(a):  # None: no valid identity measure in this run
+        return _ge(a, dense_id - IDENTITY_SLACK) if idc else None
     for t in rows.targets:
         for mode in ("union_auto", "union_auto_g2"):
             if (mode, t) not in rows.matched:
@@ -87,37 +112,46 @@ def target_checks(data: dict) -> list[dict]:
             checks.append({"target": t, "what": f"{mode} PSNR ≥ svg2 PSNR",
                            "passed": _ge(ps, pb) if math.isfinite(pb) else None,
                            "detail": f"{_f(ps, '.2f')} vs {_f(pb, '.2f')} dB"})
-            idn = rows.get(mode, t, idc)
-            checks.append({"target": t, "what": f"{mode} {idc} ≥ dense − {IDENTITY_SLACK}",
-                           "passed": _ge(idn, dense_id - IDENTITY_SLACK),
-                           "detail": f"{_f(idn, '.4f')} vs {_f(dense_id, '.4f')}"})
+            idn = rows.get(mode, t, idc) if idc else float("nan")
+            checks.append({"target": t, "what": f"{mode} {idc or 'identity'} ≥ dense − {IDENTITY_SLACK}",
+                           "passed": id_check(idn),
+                           "detail": f"{_f(idn, '.4f')} vs {_f(dense_id, '.4f')}" if idc else
+                           "no valid identity measure: see Which mode to pick"})
         if ("union_auto", t) in rows.matched and ("union_calibrated", t) in rows.matched:
-            for col, name, fmt in (("psnr", "PSNR", ".2f"), (idc, idc, ".4f")):
+            for col, name, fmt in (("psnr", "PSNR", ".2f"), (idc, idc or "identity", ".4f")):
+                if col is None:
+                    checks.append({"target": t, "what": "union_auto identity ≥ union_calibrated identity",
+                                   "passed": None, "detail": "no valid identity measure"})
+                    continue
                 a, c = rows.get("union_auto", t, col), rows.get("union_calibrated", t, col)
                 checks.append({"target": t, "what": f"union_auto {name} ≥ union_calibrated {name}",
                                "passed": _ge(a, c), "detail": f"{_f(a, fmt)} vs {_f(c, fmt)}"})
     if "moga_finetuned" in rows.by_key:
-        a = rows.ft(idc)
-        checks.append({"target": None, "what": f"MoGA fine-tune (mean) {idc} ≥ dense", "passed": _ge(a, dense_id),
-                       "detail": f"{_f(a, '.4f')} vs {_f(dense_id, '.4f')}"})
+        a = rows.ft(idc) if idc else float("nan")
+        checks.append({"target": None, "what": f"MoGA fine-tune (mean) {idc or 'identity'} ≥ dense",
+                       "passed": _ge(a, dense_id) if idc else None,
+                       "detail": f"{_f(a, '.4f')} vs {_f(dense_id, '.4f')}" if idc else "no valid identity measure"})
     return checks
 
 
-def pick(data: dict) -> dict:
-    """The training-free choice the numbers support.
+PACK_MODES = ROUTED_UNION + ("random_groups",)  # the training-free groupings a user can pick on the nodes
 
-    Per target density: among the union modes (auto, auto + second group, calibrated) the rows that keep identity
-    within ``IDENTITY_SLACK`` of dense; of those the highest PSNR (``best``). The recommended density is the lowest
-    target whose best row also reaches the SVG2-style baseline's PSNR; else the lowest target with any identity-
-    keeping union row; else none (no training-free row kept identity: dense, or the highest density measured)."""
+
+def pick(data: dict) -> dict:
+    """The training-free choice the numbers support, among the groupings the pack offers (`PACK_MODES`).
+
+    Per target density: the rows that keep identity within ``IDENTITY_SLACK`` of dense (every row when the run has
+    no valid identity measure: `identity_measure`); of those the highest PSNR (``best``). The recommended density is
+    the lowest target whose best row also reaches the SVG2-style baseline's PSNR; else the lowest target with any
+    kept row; else none (no training-free row kept identity: dense, or the highest density measured)."""
     rows = Rows(data)
     idc, _ = identity_measure(data)
-    dense_id = rows.dense(idc)
+    dense_id = rows.dense(idc) if idc else float("nan")
     per_target = {}
     for t in rows.targets:
-        keep = [m for m in ROUTED_UNION if (m, t) in rows.matched
-                and _ge(rows.get(m, t, idc), dense_id - IDENTITY_SLACK)]
-        best = max(keep, key=lambda m: (rows.get(m, t, "psnr"), -ROUTED_UNION.index(m))) if keep else None
+        keep = [m for m in PACK_MODES if (m, t) in rows.matched
+                and (idc is None or _ge(rows.get(m, t, idc), dense_id - IDENTITY_SLACK))]
+        best = max(keep, key=lambda m: (rows.get(m, t, "psnr"), -PACK_MODES.index(m))) if keep else None
         beats = best is not None and (("svg2", t) not in rows.matched
                                       or _ge(rows.get(best, t, "psnr"), rows.get("svg2", t, "psnr")))
         per_target[t] = {"best": best, "beats_svg2": beats}
@@ -126,7 +160,7 @@ def pick(data: dict) -> dict:
         choice = next((t for t in rows.targets if per_target[t]["best"]), None)
     mode = per_target[choice]["best"] if choice is not None else None
     params = rows.matched[(mode, choice)].get("params", {}) if mode else {}
-    return {"per_target": per_target, "density": choice, "mode": mode, "params": params}
+    return {"per_target": per_target, "density": choice, "mode": mode, "params": params, "identity": idc}
 
 
 def _knob(row) -> str:
@@ -213,7 +247,8 @@ def render(data: dict, model_params: float, tokens: int) -> str:
     train_task = cfg.get("train_task")
     rows = Rows(data)
     out = ["# Quality: MoGA at length, at matched densities", "",
-           f"Measured on **{meta.get('device')}** ({meta.get('date')}, commit {meta.get('commit') or '?'}, torch "
+           f"Measured on **{meta.get('device')}** ({meta.get('date')}, commit {meta.get('commit') or '?'}"
+           + (f" — {meta['commit_annotation']}" if meta.get("commit_annotation") else "") + ", torch "
            f"{meta.get('torch')}, study preset `{meta.get('study')}`), one run, every row with the same prompts and "
            f"seeds. Total wall time {_f((meta.get('timings_s') or {}).get('total'), '.0f')} s "
            f"({', '.join(f'{k} {v} s' for k, v in (meta.get('timings_s') or {}).items() if k != 'total')}).", "",
@@ -249,8 +284,10 @@ def render(data: dict, model_params: float, tokens: int) -> str:
            f"{cfg.get('far_shots')} shots apart; and first vs last appearance."
            + (f" *Teacher-forced*: the same score on each row's one-step estimate of the clean video, x̂0 = x_t − t·v̂ "
               f"at t = {', '.join(str(t) for t in cfg.get('identity_ts'))}, read at the subjects' true pixels (every "
-              "captioned appearance counts, generated or not); at that noise a shot's own pixels carry little of its "
-              "subject's colour, so agreeing across shots takes attention to the other shots."
+              "captioned appearance counts, generated or not). The idea: at that noise a shot's own pixels carry "
+              "little of its subject's colour, so agreeing across shots would take attention to the other shots; the "
+              "local-only control row tests it (a measure on which the control scores as high as dense attention "
+              "cannot see long-range attention, and is not used)."
               if cfg.get("identity_ts") else ""),
            "", "## Results", ""]
     out += table(data)
@@ -268,7 +305,8 @@ def render(data: dict, model_params: float, tokens: int) -> str:
                 f"{_f(checks.get('union_m1_vs_dense_psnr'), '.1f')} dB — two exact computations that differ only by "
                 "kernel rounding (bf16 on the GPU), the floor of the PSNR column; dense sampled twice: max |Δ| "
                 f"{_f(checks.get('dense_repeat_max_abs'), '.3g')}."]
-    out += ["", "## Targets", "", "Each line is decided by the rows above (✓ met, ✗ not met, – row missing):", ""]
+    out += ["", "## Targets", "", "Each line is decided by the rows above (✓ met, ✗ not met, – not decided: a row "
+            "missing, or no valid identity measure in this run):", ""]
     for c in target_checks(data):
         mark = "–" if c["passed"] is None else ("✓" if c["passed"] else "✗")
         where = f"at density {c['target']:.2f}: " if c["target"] is not None else ""
@@ -276,19 +314,32 @@ def render(data: dict, model_params: float, tokens: int) -> str:
     out += ["", "## Which mode to pick", ""]
     out += _pick_text(data)
     out += ["", "## Regenerate", "", "```",
-            "bash bench/quality_gpu.sh --preset long     # one H200; writes quality.json, QUALITY.md, checkpoints",
+            "bash bench/quality_gpu.sh --preset long     # one H200, ~11 min; writes quality.json, QUALITY.md, checkpoints",
+            "# or in two calls of the device tool (10-minute limit), the dense checkpoint returned in parts:",
+            "bash bench/quality_gpu_split.sh first       # on the GPU: CUDA smoke run + dense training",
+            "bash bench/quality_gpu_split.sh join FILES  # here: join the checkpoint under .device/",
+            "bash bench/quality_gpu_split.sh second --finetune-seconds 120   # on the GPU: every row",
             "python bench/quality.py --write-doc quality_out/quality.json --doc docs/QUALITY.md", "```", "",
+            "This page: `bench/results/quality/run3_h200/quality.json` (the calls' logs beside it). The study's random "
+            "groups are the construction of `moga_core.RandomGroups` (a balanced random partition per block) with "
+            "the study's own seeds.", "",
             "The CI slice of this study (`--preset long-tiny`, every row, on CPU) runs in "
             "`tests/host/test_quality_slice.py`.", ""]
     return "\n".join(out)
+
+
+MODE_NAMES = {"union_auto": "auto routers (grouping `k-means on this video`)",
+              "union_auto_g2": "auto routers + second group",
+              "union_calibrated": "calibrated routers (a router file from MoGA Calibrate Router)",
+              "random_groups": "random groups (grouping `random (balanced)`)"}
 
 
 def _pick_text(data: dict) -> list[str]:
     rows = Rows(data)
     p = pick(data)
     idc, why = identity_measure(data)
-    dense_id = rows.dense(idc)
-    text = [f"Identity below is the {why}. "]
+    dense_id = rows.dense(idc) if idc else float("nan")
+    text = [f"Identity: {why}. " if idc is None else f"Identity below is the {why}. "]
     if p["mode"] is None:
         text.append(f"**No training-free union mode kept cross-shot identity within {IDENTITY_SLACK} of dense "
                     f"attention ({_f(dense_id, '.3f')}) at the densities measured**: for multi-shot videos use dense "
@@ -296,20 +347,28 @@ def _pick_text(data: dict) -> list[str]:
     else:
         t = p["density"]
         r = rows.matched[(p["mode"], t)]
-        text.append(f"**Stock weights: `{p['mode']}` at density {t:.2f}** ({_knob(r)} at {_tokens(data):,} tokens): "
-                    f"the lowest target density where a union mode keeps identity within {IDENTITY_SLACK} of dense "
-                    f"({_f(r.get(idc), '.3f')} vs {_f(dense_id, '.3f')})"
-                    + (" and reaches the SVG2-style baseline's PSNR" if p["per_target"][t]["beats_svg2"] else
-                       " (it does not reach the SVG2-style baseline's PSNR at any density where identity holds)")
-                    + f": {_f(r.get('psnr'), '.2f')} dB, attention error {_f(r.get('rel_err'), '.3f')}. ")
+        if idc is None:
+            why_here = "the most faithful to the dense sample (PSNR) of the groupings the pack offers"
+            wins = [u for u in rows.targets if p["per_target"][u]["best"] == p["mode"]]
+            why_here += f", at {len(wins)} of {len(rows.targets)} target densities"
+        else:
+            why_here = (f"the lowest target density where a union mode keeps identity within {IDENTITY_SLACK} of "
+                        f"dense ({_f(r.get(idc), '.3f')} vs {_f(dense_id, '.3f')}), and the best PSNR there")
+        text.append(f"**Stock weights: {MODE_NAMES[p['mode']]}** (row `{p['mode']}`; at density {t:.2f}: "
+                    f"{_knob(r)} at {_tokens(data):,} tokens): {why_here}"
+                    + ("; it reaches the SVG2-style baseline's PSNR there" if p["per_target"][t]["beats_svg2"] else
+                       "; it does not reach the SVG2-style baseline's PSNR at any density measured")
+                    + f" ({_f(r.get('psnr'), '.2f')} vs {_f(rows.get('svg2', t, 'psnr'), '.2f')} dB at {t:.2f}, "
+                    f"attention error {_f(r.get('rel_err'), '.3f')}). ")
     for t in rows.targets:
         b = p["per_target"][t]["best"]
-        text.append(f"At {t:.2f}: " + (f"best identity-keeping union mode `{b}` ({_f(rows.get(b, t, 'psnr'), '.2f')} "
-                                       f"dB)" if b else "no union mode keeps identity")
-                    + f"; SVG2-style {_f(rows.get('svg2', t, 'psnr'), '.2f')} dB, identity "
-                    f"{_f(rows.get('svg2', t, idc), '.3f')}; random groups "
-                    f"{_f(rows.get('random_groups', t, 'psnr'), '.2f')} dB, identity "
-                    f"{_f(rows.get('random_groups', t, idc), '.3f')}. ")
+        label = "best identity-keeping grouping" if idc else "best grouping"
+        text.append(f"At {t:.2f}: " + (f"{label} `{b}` ({_f(rows.get(b, t, 'psnr'), '.2f')} dB)" if b else
+                                       "no grouping keeps identity")
+                    + "; " + ", ".join(f"`{m}` {_f(rows.get(m, t, 'psnr'), '.2f')}" for m in PACK_MODES
+                                       if (m, t) in rows.matched and m != b)
+                    + f"; SVG2-style {_f(rows.get('svg2', t, 'psnr'), '.2f')} dB"
+                    + (f", identity {_f(rows.get('svg2', t, idc), '.3f')}" if idc else "") + ". ")
     comp = []
     for a, b, what in (("union_auto", "union_calibrated", "auto routers vs routers calibrated on other prompts"),
                        ("union_auto_g2", "union_auto", "the second group vs none (auto routers)"),
@@ -318,9 +377,12 @@ def _pick_text(data: dict) -> list[str]:
         if not both:
             continue
         wins_p = sum(_ge(rows.get(a, t, "psnr"), rows.get(b, t, "psnr")) for t in both)
-        wins_i = sum(_ge(rows.get(a, t, idc), rows.get(b, t, idc)) for t in both)
-        comp.append(f"{what}: at least as good in PSNR at {wins_p} of {len(both)} densities, in identity at "
-                    f"{wins_i} of {len(both)}")
+        if idc:
+            wins_i = sum(_ge(rows.get(a, t, idc), rows.get(b, t, idc)) for t in both)
+            comp.append(f"{what}: at least as good in PSNR at {wins_p} of {len(both)} densities, in identity at "
+                        f"{wins_i} of {len(both)}")
+        else:
+            comp.append(f"{what}: at least as good in PSNR at {wins_p} of {len(both)} densities")
     if comp:
         text.append("Matched-density comparisons — " + "; ".join(comp) + ". ")
     g2 = [t for t in rows.targets if ("union_auto_g2", t) in rows.matched and ("union_auto", t) in rows.matched]
@@ -349,17 +411,28 @@ def _pick_text(data: dict) -> list[str]:
     if "local_only" in rows.by_key:
         lo = rows.by_key["local_only"]
         text.append(f"Control, local branches only (density {_f(lo.get('density'), '.3f')}): "
-                    f"{_f(lo.get('psnr'), '.2f')} dB, identity {_f(_num(lo.get(idc)), '.3f')} (dense "
-                    f"{_f(dense_id, '.3f')}) — what the metrics read without long-range keys. ")
+                    f"{_f(lo.get('psnr'), '.2f')} dB, attention error {_f(lo.get('rel_err'), '.3f')}, sampled "
+                    f"identity {_f(lo.get('identity'), '.3f')} ({lo.get('identity_pairs', 0)} pairs; dense "
+                    f"{_f(rows.dense('identity'), '.3f')}, {int(rows.dense('identity_pairs') or 0)} pairs), "
+                    f"teacher-forced {_f(lo.get('identity_tf'), '.3f')} (dense {_f(rows.dense('identity_tf'), '.3f')})"
+                    " — what the metrics read without long-range keys. ")
     if p["mode"] is not None:
         prm = p["params"]
-        text.append("**Node defaults this supports**: "
-                    + ("auto routers (no router file)" if p["mode"].startswith("union_auto") else
-                       "a calibrated router file")
-                    + f", `second_group` {'on' if prm.get('second_group') else 'off'}, capacity "
-                    f"{prm.get('capacity')}, M = {prm.get('num_groups')} at this length (M sets the density: the group "
-                    "share of a query's keys is about 1/M). ")
-    if "moga_finetuned" in rows.by_key:
+        default = {"random_groups": "with no router connected, grouping `random (balanced)`",
+                   "union_auto": "with no router connected, grouping `k-means on this video`",
+                   "union_auto_g2": "with no router connected, grouping `k-means on this video`",
+                   "union_calibrated": "a calibrated router file (no grouping default can give it)"}[p["mode"]]
+        text.append(f"**Node defaults this supports**: {default}, combine `union`, `second_group` "
+                    f"{'on' if prm.get('second_group') else 'off'}"
+                    + (f", capacity {prm.get('capacity')}" if prm.get("capacity") else "")
+                    + f"; M = {prm.get('num_groups')} reached density {p['density']:.2f} at this length (M sets the "
+                    "density: a token's group holds about 1/M of the keys). ")
+    if "moga_finetuned" in rows.by_key and idc is None:
+        text.append(f"**Trained reference**: the MoGA fine-tune (mean mode, density {_f(rows.ft('density'), '.2f')}) "
+                    f"has flow loss {_f(rows.ft('flow_loss'), '.4f')} vs dense {_f(rows.dense('flow_loss'), '.4f')} "
+                    f"and {_f(rows.ft('psnr'), '.2f')} dB to the dense sample; its identity cannot be compared here. "
+                    "Mean mode only for weights trained with it. ")
+    if "moga_finetuned" in rows.by_key and idc is not None:
         ft_ok = _ge(rows.ft(idc), dense_id)
         text.append(f"**Trained reference**: the MoGA fine-tune (mean mode, density {_f(rows.ft('density'), '.2f')}) "
                     f"scores identity {_f(rows.ft(idc), '.3f')} "

@@ -121,16 +121,17 @@ def union_kernel_tables(runs) -> list[str]:
                 out.append(f"| {card(run['device'])} | `{r['options'] or 'defaults'}` | {fmt(r.get('ms'), '.1f')} | "
                            f"{fmt(r.get('max_diff_vs_default'), '.1e') or r.get('error', '')} |")
             out.append("")
-        out += ["| card | N | M | capacity | combine | backend | median ms | speedup vs cuDNN dense | density | "
-                "computed / N² | largest group | err vs dense | exactness (fp32 loop, head 1) | peak GiB extra | "
-                "first call ms | back to back: ms, speedup |", "|" + "---|" * 16]
+        out += ["| card | N | M | groups | capacity | combine | backend | median ms | speedup vs cuDNN dense | "
+                "density | computed / N² | largest group | err vs dense | exactness (fp32 loop, head 1) | "
+                "peak GiB extra | first call ms | back to back: ms, speedup |", "|" + "---|" * 17]
         for p in run["points"]:
-            out.append(f"| {card(run['device'])} ({run['run']}) | {p['tokens']:,} | {p['groups']} | — | dense | cuDNN SDPA | "
+            out.append(f"| {card(run['device'])} ({run['run']}) | {p['tokens']:,} | {p['groups']} | — | — | dense | cuDNN SDPA | "
                        f"{p['dense_ms']:.1f} | 1.00x | 1.000 | 1.000 | | | | {p['dense_peak_gib']:.2f} | | "
                        f"{fmt(p.get('dense_b2b_ms'), '.1f')} |")
             for r in p["rows"]:
                 cap = "none" if r["capacity"] is None else f"{r['capacity']:g}"
-                out.append(f"| {card(run['device'])} ({run['run']}) | {p['tokens']:,} | {p['groups']} | {cap} | {r['combine']} | "
+                out.append(f"| {card(run['device'])} ({run['run']}) | {p['tokens']:,} | {p['groups']} | "
+                           f"{r.get('grouping', 'kmeans')} | {cap} | {r['combine']} | "
                            f"{r['backend']} | {r['ms']:.1f} | **{r['speedup']:.2f}x** | {r['density']:.3f} | "
                            f"{r['work_density']:.3f} | {100 * r['largest_group']:.0f}% | {r['err_vs_dense']:.3f} | "
                            f"{fmt(r.get('check'), '.1e') or '—'} | {r['peak_gib']:.2f} | {fmt(r.get('cold_ms'), '.0f')} | "
@@ -155,7 +156,8 @@ def fast_default_targets(kernel_runs, steps) -> list[str]:
         for run in reversed(kernel_runs):
             for p in run["points"]:
                 for r in p["rows"]:
-                    if (p["tokens"], r["combine"], r["capacity"], r["backend"]) == (tokens, combine, capacity, "flex"):
+                    if (p["tokens"], r["combine"], r["capacity"], r["backend"], r.get("grouping", "kmeans")) == \
+                            (tokens, combine, capacity, "flex", "kmeans"):
                         b2b = (f"; back to back {r['b2b_ms']:.1f} vs {p['dense_b2b_ms']:.1f} ms, "
                                f"{r['b2b_speedup']:.2f}x" if "b2b_ms" in r else "")
                         return r["speedup"], (f"{r['ms']:.1f} vs {p['dense_ms']:.1f} ms ({card(run['device'])}, run "
@@ -277,8 +279,10 @@ def main():
         "",
         "## Fast by default: the block kernel and bounded groups (H200)",
         "",
-        "Default options on stock weights: `combine=\"union\"`, k-means routers (unequal groups), local branches "
-        "on, `capacity` 1.25, `backend=\"auto\"` (the block kernel, `moga_core.blocksparse`, on CUDA with Triton). "
+        "The targets below were set and measured with k-means routers (unequal groups), `combine=\"union\"`, local "
+        "branches on, `capacity` 1.25, `backend=\"auto\"` (the block kernel, `moga_core.blocksparse`, on CUDA with "
+        "Triton). Since session 3 the nodes' default without a router is *random* groups (balanced; "
+        "docs/QUALITY.md says why); the layer table below has both groupings side by side (run `s3`). "
         "Regenerate with:",
         "",
         "```",
@@ -298,7 +302,9 @@ def main():
         "",
         "Each row quotes the newest run that measured it (runs sort by file name: `h200` = the first session, "
         "`s2a`… = the second, in order). Runs `s2a`, `s2b`, `s2`, `s2m` ran on a host with two H200s, one job per GPU, "
-        "while a CUDA test run (Triton compilation) shared the host's CPUs; `s2c` ran alone on a one-GPU machine. "
+        "while a CUDA test run (Triton compilation) shared the host's CPUs; `s2c` ran alone on a one-GPU machine; "
+        "`s3` = the third session, one H200 (`--groupings kmeans,random --capacities 1.25 --combines union`; "
+        "580,320 tokens with `--repeats 5`). "
         "Why the misses, and what was measured on the way: [bench/NOTES.md](../bench/NOTES.md) (v5, v6).",
         "",
         "### One step of a Wan-shaped model (cond + uncond) through MoGALongVideoSampler",
@@ -334,7 +340,8 @@ def main():
         "### The attention layer",
         "",
         "Synthetic structured tokens (`moga_core.synthetic`, 3 shots), H = 12, D = 128, bf16, one sample, k-means "
-        "routers (`Router.fit`), local branches on. Each MoGA time is the whole layer: routing with the capacity "
+        "routers (`Router.fit`) or, where the 'groups' column says random, `moga_core.RandomGroups` (balanced, "
+        "content-free), local branches on. Each MoGA time is the whole layer: routing with the capacity "
         "bound, the block plan (or the varlen packing), attention, unpacking. 'density' = the key sets' scores / N²; "
         "'computed' = the scores the kernel actually computes (whole 128×128 blocks on `flex`, every "
         "inclusion–exclusion piece on `varlen`). 'peak GiB extra' = the layer's peak allocation above its inputs. "

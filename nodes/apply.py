@@ -25,8 +25,8 @@ class MoGAApply(io.ComfyNode):
                 io.Model.Input("model", tooltip="A Wan 2.1/2.2 or HunyuanVideo model."),
                 MogaRouter.Input("router", optional=True,
                                  tooltip="Routers from MoGA Router Loader or MoGA Calibrate Router. Left empty: "
-                                         "routers fitted to each video at the end of the dense warm-up "
-                                         "(auto_groups groups; needs start_percent > 0)."),
+                                         "auto_groups groups as the grouping input says (random and balanced by "
+                                         "default, or fitted to each video at the end of the dense warm-up)."),
                 *option_inputs(),
                 MogaShots.Input("shots", optional=True,
                                 tooltip="A shot plan: local windows break at its cuts for every prompt (the "

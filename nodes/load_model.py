@@ -15,7 +15,8 @@ from .router_files import FOLDER, load_router_file, router_files, routers_from_c
 from .types import MogaRouter
 
 FROM_CHECKPOINT = "(routers inside the model file)"
-AUTO_ROUTERS = "(auto: fitted to each video)"  # no router: k-means at the end of each run's dense warm-up
+NO_ROUTER = "(none: groups as the grouping input says)"  # random and balanced by default
+AUTO_ROUTERS = "(auto: fitted to each video)"  # no router, k-means at the end of each run's dense warm-up
 WEIGHT_DTYPES = ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
 
 
@@ -34,7 +35,7 @@ def _model_options(weight_dtype: str) -> dict:
 
 def load_moga_model(path: str, weight_dtype: str = "default", router_path: str | None = None, auto: bool = False):
     """(ModelPatcher, RouterSet or None): the model through ComfyUI's loader, router keys taken out first.
-    ``auto``: no routers (None; the patch fits its own to each video), whatever the file holds."""
+    ``auto``: no routers (None; the patch draws or fits its own groups), whatever the file holds."""
     sd, metadata = comfy.utils.load_torch_file(path, return_metadata=True)
     model_sd, embedded = routers_from_checkpoint(sd, path) if any("router" in k for k in sd) else (sd, None)
     model = comfy.sd.load_diffusion_model_state_dict(model_sd, model_options=_model_options(weight_dtype),
@@ -49,7 +50,7 @@ def load_moga_model(path: str, weight_dtype: str = "default", router_path: str |
         routers = embedded
     else:
         raise ValueError(f"{path} has no router weights; choose a router file from models/moga/ in router_name, "
-                         f"or {AUTO_ROUTERS!r} (or calibrate one with MoGA Calibrate Router)")
+                         f"{NO_ROUTER!r} or {AUTO_ROUTERS!r} (or calibrate one with MoGA Calibrate Router)")
     return model, routers
 
 
@@ -68,31 +69,36 @@ class MoGALoadModel(io.ComfyNode):
                                tooltip="The diffusion model (models/diffusion_models/)."),
                 io.Combo.Input("weight_dtype", options=WEIGHT_DTYPES, default="default", advanced=True,
                                tooltip="Weight storage type, as in ComfyUI's Load Diffusion Model."),
-                io.Combo.Input("router_name", options=[FROM_CHECKPOINT, AUTO_ROUTERS] + router_files(),
+                io.Combo.Input("router_name", options=[FROM_CHECKPOINT, NO_ROUTER, AUTO_ROUTERS] + router_files(),
                                default=FROM_CHECKPOINT,
                                tooltip="Where the routers come from: the model file itself (a MoGA checkpoint), "
-                                       "a router file in models/moga/, or 'auto': fitted to each video at the end "
-                                       "of the dense warm-up (auto_groups groups; needs start_percent > 0)."),
+                                       "a router file in models/moga/, 'none': auto_groups groups as the grouping "
+                                       "input says (random and balanced by default), or 'auto': fitted to each "
+                                       "video at the end of the dense warm-up, whatever grouping says (needs "
+                                       "start_percent > 0)."),
                 *option_inputs(),
             ],
             outputs=[io.Model.Output(tooltip="The MoGA-patched model."),
-                     MogaRouter.Output(tooltip="The routers in use (nothing with 'auto': those are fitted per "
-                                               "video).")],
+                     MogaRouter.Output(tooltip="The routers in use (nothing with 'none' or 'auto': those groups "
+                                               "are drawn or fitted per video).")],
             search_aliases=["load moga", "mixture of groups"],
         )
 
     @classmethod
     def validate_inputs(cls, router_name: str):
-        if router_name not in (FROM_CHECKPOINT, AUTO_ROUTERS) and router_name not in router_files():
+        if router_name not in (FROM_CHECKPOINT, NO_ROUTER, AUTO_ROUTERS) and router_name not in router_files():
             return f"router file {router_name!r} is not in models/moga/"
         return True
 
     @classmethod
     def execute(cls, unet_name: str, weight_dtype: str, router_name: str, **options) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise("diffusion_models", unet_name)
-        auto = router_name == AUTO_ROUTERS
-        router_path = None if router_name in (FROM_CHECKPOINT, AUTO_ROUTERS) else \
+        no_router = router_name in (NO_ROUTER, AUTO_ROUTERS)
+        router_path = None if router_name in (FROM_CHECKPOINT, NO_ROUTER, AUTO_ROUTERS) else \
             folder_paths.get_full_path_or_raise(FOLDER, router_name)
-        model, routers = load_moga_model(path, weight_dtype, router_path, auto)
-        install(model, routers, options_from_inputs(**options))
+        patch_options = options_from_inputs(**options)
+        if router_name == AUTO_ROUTERS:  # the explicit choice of routers fitted to each video
+            patch_options.grouping = "kmeans"
+        model, routers = load_moga_model(path, weight_dtype, router_path, no_router)
+        install(model, routers, patch_options)
         return io.NodeOutput(model, routers)

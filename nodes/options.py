@@ -35,6 +35,12 @@ PACK_DEFAULTS = {"capacity": 1.25}
 # the capacity input's "router default" (its default): the router file's capacity when it names one, else
 # PACK_DEFAULTS' (files from calibration name none; a trained model's file may say 0 = no bound)
 ROUTER_CAPACITY = -1.0
+# how tokens are grouped when no router is connected (the `grouping` input): shown label -> PatchOptions value.
+# "random": `moga_core.RandomGroups`, balanced and content-free; "kmeans": routers fitted to each video (auto_routers).
+# Random is the default: in the study at length (docs/QUALITY.md, H200) it was the most faithful training-free
+# grouping at every matched density (35.6 dB PSNR to the dense sample at density 0.35 against 22.3 dB for k-means on
+# the video; attention error 0.10 vs 0.37), and it needs no dense capture step or fit.
+GROUPINGS = {"random (balanced)": "random", "k-means on this video": "kmeans"}
 _UNSET = object()  # an option value that leaves its field to the router file / the defaults
 
 
@@ -48,7 +54,8 @@ class PatchOptions:
     """
 
     def __init__(self, start_percent: float = 0.2, end_percent: float = 1.0, dense_blocks: str = "",
-                 min_tokens: int = 16384, dense_if_slower: bool = True, auto_groups: int = 5, **config: Any):
+                 min_tokens: int = 16384, dense_if_slower: bool = True, auto_groups: int = 5,
+                 grouping: str = "random", **config: Any):
         # start_percent 0.2: a dense warm-up keeps the composition of stock models; min_tokens 16384: shorter
         # sequences stay dense, MoGA pays off on long videos
         unknown = sorted(set(config) - _ATTENTION_FIELDS)
@@ -66,6 +73,10 @@ class PatchOptions:
         if isinstance(auto_groups, bool) or not isinstance(auto_groups, int) or auto_groups < 1:
             raise ValueError(f"auto_groups must be an int >= 1, got {auto_groups!r}")
         self.auto_groups = auto_groups
+        # with no router: "random" (balanced random groups of auto_groups) or "kmeans" (fitted to each video)
+        if grouping not in GROUPINGS.values():
+            raise ValueError(f"grouping must be one of {sorted(GROUPINGS.values())}, got {grouping!r}")
+        self.grouping = grouping
         if not (0.0 <= self.start_percent <= 1.0 and 0.0 <= self.end_percent <= 1.0) or \
                 self.end_percent < self.start_percent:
             raise ValueError(f"end_percent ({end_percent}) must not be below start_percent ({start_percent}), and "
@@ -75,7 +86,8 @@ class PatchOptions:
     def __repr__(self) -> str:
         return (f"PatchOptions(start_percent={self.start_percent}, end_percent={self.end_percent}, "
                 f"dense_blocks={self.dense_blocks!r}, min_tokens={self.min_tokens}, "
-                f"dense_if_slower={self.dense_if_slower}, auto_groups={self.auto_groups}, config={self.config})")
+                f"dense_if_slower={self.dense_if_slower}, auto_groups={self.auto_groups}, "
+                f"grouping={self.grouping!r}, config={self.config})")
 
     def moga_config(self, num_groups: int, router_combine: str, router_capacity: float | None = None) -> MogaConfig:
         """The attention config for routers of ``num_groups`` groups whose file says ``router_combine`` and
@@ -98,7 +110,8 @@ class Option:
     ``field``: the `MogaConfig` (or `PatchOptions`) field it sets; ``part``: which entry of a tuple field (the window
     counts); ``to_field``: node value -> field value (e.g. 0 -> None); ``default``: the node's default when the field's
     own cannot be shown as is (None: the field's default); ``optional``: an input added after the first release —
-    optional, so that API-format prompts saved before it still run (a missing value takes the default).
+    optional, so that API-format prompts saved before it still run (a missing value takes ``legacy``, what such a
+    prompt meant, else the default).
     """
 
     id: str
@@ -111,6 +124,8 @@ class Option:
     to_field: Callable[[Any], Any] | None = None
     widget_args: dict = dataclasses.field(default_factory=dict)
     optional: bool = False
+    # what a prompt saved before this input existed meant (None: the default): an old prompt keeps its behaviour
+    legacy: Any = None
 
     def default_value(self) -> Any:
         if self.default is not None:
@@ -177,13 +192,20 @@ OPTIONS: list[Option] = [
            tooltip="Union mode: a layer whose groups are so unequal that MoGA would not beat dense attention runs "
                    "densely instead (the run's summary counts it). Off = always sparse (for studies)."),
     Option("auto_groups", io.Int, field="auto_groups", optional=True, widget_args={"min": 1, "max": 256},
-           tooltip="With no router connected: routers are fitted to the video being made (k-means on each block's "
-                   "inputs at the last dense step before start_percent; needs start_percent > 0) with this many "
-                   "groups. A connected router wins and this is ignored."),
+           tooltip="With no router connected: the number of groups M (see grouping). A token attends to about 1/M "
+                   "of the far keys, so M sets the cost. A connected router wins and this is ignored."),
     Option("second_group", io.Boolean, field="second_group", advanced=True, optional=True,
            tooltip="Union mode: each token also attends to its second-best group (by router score), exactly "
                    "(each key once). More faithful, denser: about one more group's share of the keys per token. "
                    "The capacity bound applies to the first group only (the second moves no token)."),
+    Option("grouping", io.Combo, field="grouping", default=next(iter(GROUPINGS)), optional=True,
+           to_field=GROUPINGS.get, widget_args={"options": list(GROUPINGS)}, legacy="k-means on this video",
+           tooltip="With no router connected: how tokens are grouped. 'random (balanced)': equal groups drawn at "
+                   "random (seeded, one partition per block), so each token sees an even sample of the far keys; "
+                   "no fitting, works from the first step. 'k-means on this video': routers fitted to the video "
+                   "being made at the last dense step before start_percent (needs start_percent > 0). On stock "
+                   "weights random was the more faithful of the two in the pack's study (docs/QUALITY.md). A "
+                   "connected router wins and this is ignored."),
 ]
 
 
@@ -203,7 +225,7 @@ def options_from_inputs(**values: Any) -> PatchOptions:
     for option in OPTIONS:
         value = values.get(option.id)
         if value is None:  # an optional input a prompt saved before it existed does not carry
-            value = option.default_value()
+            value = option.legacy if option.legacy is not None else option.default_value()
         if option.widget is io.Combo and value not in option.widget_args["options"]:
             raise ValueError(f"{option.id} must be one of {option.widget_args['options']}, got {value!r}")
         if option.to_field is not None:

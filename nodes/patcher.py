@@ -35,7 +35,7 @@ from torch.profiler import record_function
 
 import comfy.model_management
 import comfy.patcher_extension
-from ..moga_core import VideoLayout, moga_attention
+from ..moga_core import RandomGroups, VideoLayout, moga_attention
 from ..moga_core.routers import RouterSet
 
 from . import wiring
@@ -43,6 +43,8 @@ from .adapters import BlockKey, ModelAdapter, adapter_for
 from .auto_routers import AutoRouters
 from .options import PatchOptions
 from .shots import ShotPlan, frame_shots, text_keep_table
+
+RANDOM_SEED = 0  # grouping "random": block i's partition is RandomGroups(M, seed=RANDOM_SEED + i)
 
 log = logging.getLogger("moga")
 DENSE_BY_COST = "groups too unequal to pay off"  # the estimate said the sparse layer would not beat dense
@@ -276,12 +278,17 @@ class MogaPatch(BlockPatch):
         self.options = options
         self.dense_blocks = parse_block_list(options.dense_blocks, adapter.num_blocks)
         self.auto = None
+        self.random = None
         if routers is None:
             check_auto_options(options)
             blocks = {key.index for key in adapter.blocks()} - self.dense_blocks
-            self.auto = AutoRouters(adapter, options.auto_groups, blocks).bind(self.sparse_at)
-            # k-means routers are meant for union (exact attention over the key sets), as calibrated ones are
+            # groups without a trained router are meant for union (exact attention over the key sets)
             self.cfg = options.moga_config(num_groups=options.auto_groups, router_combine="union")
+            if options.grouping == "kmeans":
+                self.auto = AutoRouters(adapter, options.auto_groups, blocks).bind(self.sparse_at)
+            else:
+                # one partition per block (seeded by its index): blocks see different samples of the far keys
+                self.random = {i: RandomGroups(options.auto_groups, seed=RANDOM_SEED + i) for i in blocks}
         else:
             self.cfg = options.moga_config(num_groups=routers.num_groups, router_combine=routers.combine,
                                            router_capacity=routers.capacity)
@@ -292,9 +299,13 @@ class MogaPatch(BlockPatch):
 
     def routed_blocks(self) -> list[int]:
         """Indices of the blocks MoGA routes (auto routers: every block but the dense ones)."""
+        if self.random is not None:
+            return sorted(self.random)
         return sorted(self.auto.blocks if self.auto is not None else self.routers.routers)
 
     def takes_block(self, key: BlockKey) -> bool:
+        if self.random is not None:
+            return key.index in self.random
         if self.auto is not None:
             return key.index in self.auto.blocks
         return key.index in self.routers.routers
@@ -329,6 +340,8 @@ class MogaPatch(BlockPatch):
     # ---- routers on the model's device (one float32 copy per device, shared by every clone of the model)
     def router(self, index: int, device: torch.device):
         """Block ``index``'s router on ``device``, or None (auto routers: none fitted for this block)."""
+        if self.random is not None:
+            return self.random[index]  # partitions are made on the device of the tokens they group
         if self.auto is not None:
             router = (self.auto.routers or {}).get(index)
             return router.to(device) if router is not None else None
@@ -571,11 +584,16 @@ def install(model_patcher, routers: RouterSet | None, options: PatchOptions) -> 
 
 
 def check_auto_options(options: PatchOptions) -> None:
-    """Auto routers are fitted on the last dense step before MoGA starts: there must be one."""
-    if options.start_percent <= 0.0:
+    """What groups without a router need: auto routers (grouping "kmeans") are fitted on the last dense step before
+    MoGA starts, so there must be one; random groups have no second-best group."""
+    if options.grouping == "random" and options.config.get("second_group"):
+        raise ValueError("second_group needs router scores (a router file, or grouping 'k-means on this video'); "
+                         "random groups have no second-best group: turn second_group off or change grouping")
+    if options.grouping == "kmeans" and options.start_percent <= 0.0:
         raise ValueError("auto routers (no router connected) are fitted on the last dense step before MoGA starts, "
-                         "and start_percent is 0, so there is none: set start_percent above 0 (e.g. 0.2) or "
-                         "connect a router (MoGA Router Loader or MoGA Calibrate Router)")
+                         "and start_percent is 0, so there is none: set start_percent above 0 (e.g. 0.2), "
+                         "choose grouping 'random (balanced)', or connect a router (MoGA Router Loader or MoGA "
+                         "Calibrate Router)")
 
 
 def check_routers(adapter: ModelAdapter, routers: RouterSet, model_patcher=None) -> None:

@@ -123,8 +123,8 @@ class MoGAApplyRay(io.ComfyNode):
             inputs=[
                 RayActors.Input("ray_actors", tooltip="raylight's actors, after Load Diffusion Model (Ray)."),
                 MogaRouter.Input("router", optional=True,
-                                 tooltip="Routers from MoGA Router Loader or MoGA Calibrate Router. Left empty: auto "
-                                         "routers (not under sequence parallelism)."),
+                                 tooltip="Routers from MoGA Router Loader or MoGA Calibrate Router. Left empty: groups "
+                                         "as the grouping input says (not under sequence parallelism)."),
                 *option_inputs(),
             ],
             outputs=[RayActors.Output(tooltip="The same actors; their models are now MoGA-patched.")],

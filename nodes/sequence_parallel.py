@@ -60,9 +60,9 @@ class SequenceParallelMogaPatch(MogaPatch):
                              "raylight's sequence parallelism is not supported yet: run it with ulysses/ring degree 1 "
                              "(data or CFG parallel), or use MoGA Attention Patch on one GPU")
         if routers is None:
-            raise ValueError("auto routers (no router connected) are not supported under sequence parallelism yet: "
-                             "they are fitted with k-means on the tokens one process sees, and every rank sees a "
-                             "different shard. Connect a router (MoGA Router Loader or MoGA Calibrate Router)")
+            raise ValueError("MoGA without a router (grouping 'random (balanced)' or 'k-means on this video') is not "
+                             "supported under sequence parallelism yet: the sharded attention routes by router "
+                             "scores. Connect a router (MoGA Router Loader or MoGA Calibrate Router)")
         super().__init__(adapter, routers, options)
         if self.cfg.second_group:
             raise ValueError("second_group is not supported under sequence parallelism yet; turn it off")

@@ -28,7 +28,7 @@ def test_seeded_content_free_and_not_positional():
 
 
 def test_union_attention_with_random_groups_equals_the_reference():
-    layout = VideoLayout(grid=(6, 4, 5), shots=(0, 3), prefix=2)
+    layout = VideoLayout(grid=(6, 4, 4), shots=(0, 3), prefix=2)
     cfg = MogaConfig(num_groups=5, combine="union", window=(2, 2), temporal_group=2, neighbor_frames=1)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, layout.num_tokens, 2, 16, generator=gen) for _ in range(3))

@@ -1,4 +1,5 @@
-"""Auto routers (fitted to the video being made) and the second group, on a tiny real WanModel (CPU, float32)."""
+"""Groups without a router — random (the default) and auto routers fitted to the video being made — and the second
+group, on a tiny real WanModel (CPU, float32)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ def recorder(moga):
 
 def auto_patched(moga, model, **options):
     clone = model.clone()
-    defaults = dict(start_percent=START, min_tokens=0, temporal_group=2, dense_if_slower=False, auto_groups=M)
+    defaults = dict(start_percent=START, min_tokens=0, temporal_group=2, dense_if_slower=False, auto_groups=M,
+                    grouping="kmeans")
     defaults.update(options)
     patch = moga.patcher.install(clone, None, moga.patcher.PatchOptions(**defaults))
     patch.auto.tokens_per_block = 512  # below the 640 rows of a step (cond + uncond): the reservoir replaces rows
@@ -149,12 +151,15 @@ def option_values(moga, **changes):
     return values
 
 
+KMEANS = "k-means on this video"
+
+
 def test_moga_apply_without_router_patches_with_auto_routers(moga, wan):
     model, pos, neg = wan
     apply = moga.NODES["MoGAApply"]
     with pytest.raises(ValueError, match="start_percent is 0"):
-        apply.execute(model, None, **option_values(moga, start_percent=0.0))
-    patched_model = apply.execute(model, **option_values(moga, auto_groups=4, min_tokens=0))[0]
+        apply.execute(model, None, **option_values(moga, start_percent=0.0, grouping=KMEANS))
+    patched_model = apply.execute(model, **option_values(moga, auto_groups=4, min_tokens=0, grouping=KMEANS))[0]
     patch = moga.wiring.patch_of(patched_model)
     assert patch.auto is not None and patch.cfg.num_groups == 4 and patch.cfg.combine == "union"
     ksample(patched_model, pos, neg, tm.video_latent(), seed=0)
@@ -165,9 +170,9 @@ def test_moga_apply_without_router_patches_with_auto_routers(moga, wan):
     from test_patch import routers_for
 
     given = routers_for(moga, adapter, 2)
-    with_router = apply.execute(model, given, **option_values(moga, auto_groups=4, min_tokens=0))[0]
+    with_router = apply.execute(model, given, **option_values(moga, auto_groups=4, min_tokens=0, grouping=KMEANS))[0]
     patch = moga.wiring.patch_of(with_router)
-    assert patch.auto is None and patch.routers is given and patch.cfg.num_groups == 2
+    assert patch.auto is None and patch.random is None and patch.routers is given and patch.cfg.num_groups == 2
     # capacity: the pack's default for auto routers and for a file that names none; a file's own wins over it;
     # a value set on the node wins over the file
     assert moga.wiring.patch_of(patched_model).cfg.capacity == patch.cfg.capacity == 1.25
@@ -176,6 +181,40 @@ def test_moga_apply_without_router_patches_with_auto_routers(moga, wan):
     assert moga.wiring.patch_of(from_file).cfg.capacity == 2.0
     chosen = apply.execute(model, given, **option_values(moga, min_tokens=0, capacity=1.5))[0]
     assert moga.wiring.patch_of(chosen).cfg.capacity == 1.5
+
+
+def test_moga_apply_without_router_uses_random_groups_by_default(moga, wan):
+    """The default grouping with no router: balanced random groups (seeded per block), no capture step, MoGA from the
+    first step if asked; the same groups in every run; an unpatched clone stays bit-identical."""
+    model, pos, neg = wan
+    apply = moga.NODES["MoGAApply"]
+    latent = tm.video_latent()
+    before = ksample(model.clone(), pos, neg, latent, seed=3)
+    values = option_values(moga, auto_groups=3, min_tokens=0, start_percent=0.0, dense_if_slower=False)
+    patched_model = apply.execute(model, **values)[0]
+    patch = moga.wiring.patch_of(patched_model)
+    assert patch.auto is None and patch.routers is None and patch.cfg.combine == "union"
+    blocks = patch.routed_blocks()
+    assert blocks == sorted(range(len(model.model.diffusion_model.blocks)))
+    assert [patch.random[i].seed for i in blocks] == [moga.patcher.RANDOM_SEED + i for i in blocks]
+    first = ksample(patched_model, pos, neg, latent, seed=3)
+    stats = patch.last_run_stats
+    # every step sparse (start_percent 0 is fine without a fit), nothing fitted
+    assert stats["sparse_forwards"] == stats["forwards"] > 0 and not stats.get("auto_fits")
+    assert sum(stats["sparse_calls"].values()) == len(blocks) * stats["sparse_forwards"]
+    again = ksample(patched_model, pos, neg, latent, seed=3)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, before)
+    assert torch.equal(ksample(model.clone(), pos, neg, latent, seed=3), before)
+    # the partition a block uses is RandomGroups' (balanced), on the tokens of the call
+    groups, _ = patch.router(blocks[0], torch.device("cpu"))(torch.zeros(2, 30, 4))
+    sizes = torch.bincount(groups[0], minlength=3)
+    assert int(sizes.max() - sizes.min()) <= 1
+    # random groups have no second-best group: a clear error when the patch is made
+    with pytest.raises(ValueError, match="random groups have no second-best group"):
+        apply.execute(model, **option_values(moga, second_group=True))
+    with pytest.raises(ValueError, match="grouping must be one of"):
+        moga.patcher.PatchOptions(grouping="spectral")
 
 
 def test_second_group_runs_in_the_patch_and_adds_keys(moga, wan):

@@ -85,6 +85,23 @@ def test_model_loader_can_fit_routers_to_each_video(moga, models_dir):
     assert patch.last_run_stats["auto_fits"] == 1 and sum(patch.last_run_stats["sparse_calls"].values()) > 0
 
 
+def test_model_loader_without_router_groups_as_the_grouping_input_says(moga, models_dir):
+    save_file(tm.wan_state_dict(), str(models_dir / "diffusion_models" / "plain.safetensors"))
+    none = moga.load_model.NO_ROUTER
+    assert moga.NODES["MoGALoadModel"].validate_inputs(router_name=none) is True
+    load = moga.NODES["MoGALoadModel"].execute
+    model, routers = load(unet_name="plain.safetensors", weight_dtype="default", router_name=none,
+                          **dict(OPTIONS, auto_groups=3, grouping="random (balanced)")).args
+    patch = moga.wiring.patch_of(model)
+    assert routers is None and patch.auto is None and patch.random is not None and patch.cfg.num_groups == 3
+    sample(model)  # start_percent 0: random groups need no dense step
+    assert sum(patch.last_run_stats["sparse_calls"].values()) > 0 and not patch.last_run_stats.get("auto_fits")
+    # 'auto' is routers fitted to each video whatever grouping says
+    model, _ = load(unet_name="plain.safetensors", weight_dtype="default", router_name=moga.load_model.AUTO_ROUTERS,
+                    **dict(OPTIONS, start_percent=0.5, grouping="random (balanced)")).args
+    assert moga.wiring.patch_of(model).auto is not None
+
+
 def test_router_loader_splits_a_full_checkpoint(moga, models_dir):
     model_sd = tm.wan_state_dict(seed=4)
     routers = trained_routers(moga, seed=5)

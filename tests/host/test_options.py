@@ -12,7 +12,7 @@ pytestmark = pytest.mark.host
 # saved workflows store widget values by position: these ids, in this order, must never change
 OPTION_IDS = ["combine", "windows_h", "windows_w", "temporal_group", "neighbor_frames", "frame_branch", "balanced",
               "start_percent", "end_percent", "dense_blocks", "min_tokens", "backend", "capacity",
-              "dense_if_slower", "auto_groups", "second_group"]
+              "dense_if_slower", "auto_groups", "second_group", "grouping"]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def schema_inputs(node_class) -> dict:
 
 
 # added after the first release: optional, so that API-format prompts saved before them still run
-LATER_IDS = ["capacity", "dense_if_slower", "auto_groups", "second_group"]
+LATER_IDS = ["capacity", "dense_if_slower", "auto_groups", "second_group", "grouping"]
 
 
 def test_option_ids_and_order_are_stable(moga):
@@ -45,6 +45,8 @@ def test_a_prompt_saved_before_the_later_options_still_runs(moga, options):
     full = options.options_from_inputs(**{o.id: o.default_value() for o in options.OPTIONS})
     assert patch.moga_config(3, "union") == full.moga_config(3, "union")
     assert (patch.dense_if_slower, patch.auto_groups) == (full.dense_if_slower, full.auto_groups)
+    # grouping: what such a prompt meant (no router = routers fitted to each video); a new node: random groups
+    assert (patch.grouping, full.grouping) == ("kmeans", "random")
     with pytest.raises(ValueError, match=r"missing \['backend'\]"):
         options.options_from_inputs(**{k: v for k, v in values.items() if k != "backend"})
 
@@ -53,7 +55,7 @@ def test_the_default_view_of_moga_apply_shows_what_a_user_decides(moga):
     inputs, _ = schema_inputs(moga.NODES["MoGAApply"])
     shown = {name for name, spec in inputs.items() if not (len(spec) > 1 and spec[1].get("advanced"))}
     assert shown == {"model", "router", "combine", "start_percent", "end_percent", "dense_blocks", "auto_groups",
-                     "shots"}
+                     "grouping", "shots"}
     assert "router" in moga.NODES["MoGAApply"].GET_NODE_INFO_V1()["input"]["optional"]  # empty: auto routers
 
 
@@ -67,6 +69,8 @@ def test_defaults_come_from_moga_config_and_patch_options(moga, options):
     assert inputs["start_percent"][1]["default"] == patch.start_percent == 0.2
     assert inputs["min_tokens"][1]["default"] == patch.min_tokens
     assert inputs["auto_groups"][1]["default"] == patch.auto_groups == 5
+    assert inputs["grouping"][1]["options"] == list(options.GROUPINGS) and patch.grouping == "random"
+    assert options.GROUPINGS[inputs["grouping"][1]["default"]] == patch.grouping
     assert inputs["combine"][1]["options"] == ["router default", *moga.core.config.COMBINE_MODES]
     assert inputs["backend"][1]["options"] == list(moga.core.config.BACKENDS)
 
@@ -123,3 +127,21 @@ def test_every_module_of_the_pack_imports_inside_comfyui(moga):
     for name in names:
         assert import_module(name).__name__ == name
     assert pack.comfy_entrypoint is not None
+
+
+def test_the_grouping_default_is_what_docs_quality_recommends(moga, options):
+    """docs/QUALITY.md's "Which mode to pick" (written by bench/quality_doc.py from the study's numbers) names the
+    node defaults the numbers support; the nodes must have them."""
+    import os
+    import re
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs",
+                        "QUALITY.md")
+    text = open(path, encoding="utf-8").read()
+    found = re.search(r"\*\*Node defaults this supports\*\*: with no router connected, grouping `([^`]+)`, combine "
+                      r"`union`, `second_group` (on|off)", text)
+    assert found, "docs/QUALITY.md names no grouping default"
+    inputs, _ = schema_inputs(moga.NODES["MoGAApply"])
+    assert inputs["grouping"][1]["default"] == found.group(1)
+    assert options.PatchOptions().grouping == options.GROUPINGS[found.group(1)]
+    assert inputs["second_group"][1]["default"] is (found.group(2) == "on")

@@ -310,33 +310,42 @@ def test_long_slice_doc_is_written_from_the_numbers(long_study, tmp_path):
     assert quality.main(["--write-doc", os.path.join(out, "quality.json"), "--doc", str(target)]) == 0
     assert target.read_text() == doc
     # which identity decides: the sampled one when dense attention's samples give enough pairs, else the teacher-
-    # forced one (read at the true pixels)
-    rigged = copy.deepcopy(data)
-    dense_row = next(r for r in rigged["rows"] if r["key"] == "dense")
-    dense_row["identity_pairs"] = quality_doc.MIN_IDENTITY_PAIRS
-    assert quality_doc.identity_measure(rigged)[0] == "identity"
-    dense_row["identity_pairs"] = quality_doc.MIN_IDENTITY_PAIRS - 1
-    assert quality_doc.identity_measure(rigged)[0] == "identity_tf"
-    # the pick follows the numbers: break auto routers' identity everywhere, lift the calibrated routers' PSNR
-    for col in ("identity", "identity_tf"):
+    # forced one (read at the true pixels) — and only a measure on which the local-only control scores below dense
+    def with_measure(col, pairs, control_sees_it=True):
         rigged = copy.deepcopy(data)
-        dense_row = next(r for r in rigged["rows"] if r["key"] == "dense")
-        dense_row["identity_pairs"] = 100 if col == "identity" else 0
+        rows = {r["key"]: r for r in rigged["rows"]}
+        rows["dense"]["identity_pairs"] = pairs
+        rows["local_only"][col] = rows["dense"][col] - (0.5 if control_sees_it else 0.0)
+        return rigged
+
+    assert quality_doc.identity_measure(with_measure("identity", quality_doc.MIN_IDENTITY_PAIRS))[0] == "identity"
+    assert quality_doc.identity_measure(with_measure("identity_tf", quality_doc.MIN_IDENTITY_PAIRS - 1))[0] == \
+        "identity_tf"
+    for col, pairs in (("identity", 100), ("identity_tf", 0)):
+        blind = with_measure(col, pairs, control_sees_it=False)
+        idc, why = quality_doc.identity_measure(blind)
+        assert idc is None and "not decidable" in why and "local-only control" in why
+        # without a valid measure: identity targets are not decided, the pick goes by PSNR among the pack's groupings
+        assert all(c["passed"] is None for c in quality_doc.target_checks(blind) if "identity" in c["what"])
+        assert quality_doc.pick(blind)["mode"] in quality_doc.PACK_MODES
+    # the pick follows the numbers: break auto routers' identity everywhere, lift the calibrated routers' PSNR
+    for col, pairs in (("identity", 100), ("identity_tf", 0)):
+        rigged = with_measure(col, pairs)
         assert quality_doc.identity_measure(rigged)[0] == col
         dense_id = quality_doc.Rows(rigged).dense(col)
         for r in rigged["rows"]:
-            if r.get("mode") in ("union_auto", "union_auto_g2"):
+            if r.get("mode") in ("union_auto", "union_auto_g2", "random_groups"):
                 r[col] = dense_id - 0.5
             if r.get("mode") == "union_calibrated":
                 r[col], r["psnr"] = dense_id, 500.0
         p = quality_doc.pick(rigged)
         assert p["mode"] == "union_calibrated" and p["density"] == min(cfg.targets)
         text = quality.render_doc(rigged)
-        assert "**Stock weights: `union_calibrated` at density 0.15**" in text and "a calibrated router file" in text
+        assert "**Stock weights: calibrated routers" in text and "a calibrated router file" in text
         assert f"✗ at density 0.15: union_auto {col} ≥ dense − 0.01" in text
-        # no union row keeps identity: the page says so instead of recommending one
+        # no grouping keeps identity: the page says so instead of recommending one
         for r in rigged["rows"]:
-            if r.get("mode") in quality_doc.ROUTED_UNION:
+            if r.get("mode") in quality_doc.PACK_MODES:
                 r[col] = dense_id - 0.5
         assert quality_doc.pick(rigged)["mode"] is None
         assert "No training-free union mode kept cross-shot identity" in quality.render_doc(rigged)

@@ -85,9 +85,11 @@ def test_without_ray_the_node_says_what_to_install(moga, options_module):
     # bad option values fail before ray is even looked for, with the input's name
     with pytest.raises(ValueError, match="combine must be one of"):
         node.execute(ray_actors={"workers": []}, **dict(values, combine="average"))
-    # auto routers need a dense warm-up, as on MoGAApply
+    # auto routers need a dense warm-up, as on MoGAApply; random groups have no second-best group
     with pytest.raises(ValueError, match="start_percent"):
-        node.execute(ray_actors={"workers": []}, **values)
+        node.execute(ray_actors={"workers": []}, **dict(values, grouping="k-means on this video"))
+    with pytest.raises(ValueError, match="random groups have no second-best group"):
+        node.execute(ray_actors={"workers": []}, **dict(values, second_group=True))
 
 
 def test_bad_ray_actors_are_a_clear_error(ray_patch):
@@ -221,7 +223,7 @@ def test_what_sequence_parallel_does_not_support_yet_is_refused(moga, options_mo
     with pytest.raises(ValueError, match="HunyuanVideo under raylight's sequence parallelism is not supported yet"):
         sp.SequenceParallelMogaPatch(adapter, routers(moga, hunyuan), options, None, 2)
     adapter = moga.adapters.adapter_for(wan)
-    with pytest.raises(ValueError, match="auto routers .* not supported under sequence parallelism"):
+    with pytest.raises(ValueError, match="without a router .* not supported under sequence parallelism"):
         sp.SequenceParallelMogaPatch(adapter, None, options, None, 2)
     second = options_module.options_from_inputs(**option_values(options_module, second_group=True))
     with pytest.raises(ValueError, match="second_group is not supported under sequence parallelism"):
