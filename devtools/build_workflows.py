@@ -406,26 +406,26 @@ def files_note(files: list[str], extra: str = "") -> str:
     return "\n".join(lines)
 
 
-CALIBRATION_NOTE = """## MoGA routers (calibrated here)
+GROUPS_NOTE = """## MoGA groups (no router needed)
 
-**MoGA Calibrate Router** fits MoGA's routers to *your* model without training: a short dense sampling pass
-(`steps`, on the small calibration latent) records each block's tokens and k-means splits them into `groups`
-groups. It runs once; ComfyUI keeps the result while the model, prompt, latent and seed stay the same (the seed
-is *fixed* on purpose).
+No router is connected: **MoGA Attention Patch** splits each block's video tokens into `auto_groups` equal groups
+drawn at random (`grouping` = random (balanced); seeded, the same in every run). Each token attends to its own
+group plus a local neighbourhood, so it sees an even sample of the far tokens. In the pack's quality study this was
+the closest training-free grouping to full attention (docs/QUALITY.md).
 
-To skip it in later sessions: run `moga_calibrate_router.json` once (it writes
-`models/moga/wan2.1_t2v_1.3B_calibrated_00001.safetensors`) and replace this node by **MoGA Router Loader**
-(see `moga_load_saved_router.json`).
+To try routers instead: set `grouping` to `k-means on this video` (fitted at the end of the dense warm-up), or run
+`moga_calibrate_router.json` once and connect **MoGA Router Loader** to `router` (see
+`moga_load_saved_router.json`).
 
-- **groups** (M): 5 for clips up to ~30 s, 10–20 for a minute."""
+- **auto_groups** (M): 5 for clips up to ~30 s, 10–20 for a minute; a token sees about 1/M of the far tokens."""
 
 MOGA_NOTE = """## MoGA settings
 
 **MoGA Attention Patch** turns the video self-attention of the model sparse: every token attends to the tokens of
-its own group (the router's choice) plus a local neighbourhood.
+its own group plus a local neighbourhood.
 
-- **combine** `router default`: calibrated routers use `union` (exact attention over group keys + local keys, for
-  stock weights); `mean` is only for MoGA-trained checkpoints.
+- **combine** `router default`: without a router, and with calibrated routers, this is `union` (exact attention
+  over group keys + local keys, for stock weights); `mean` is only for MoGA-trained checkpoints.
 - **windows_h × windows_w**: spatial windows per latent frame of the local branch (2 × 2 as in the paper).
 - **temporal_group**: latent frames per local window (1 latent frame = 4 video frames); restarts at every shot cut.
 - **neighbor_frames**: latent frames of the neighbouring shot that a shot's first and last windows also see
@@ -474,10 +474,12 @@ def calibration(g: Graph, model: Node, positive: Node, negative: Node, latent: N
     return cal
 
 
-def moga_apply(g: Graph, model: Node, router: Node, x, title=None, **options) -> Node:
+def moga_apply(g: Graph, model: Node, router: Node | None, x, title=None, **options) -> Node:
+    """MoGA Attention Patch on ``model``; ``router`` None: no router (the node's default grouping)."""
     node = g.node("MoGAApply", (x, None), title=title, colors=MOGA_COLORS, **options)
     g.link(model, 0, node, "model")
-    g.link(router, 0, node, "router")
+    if router is not None:
+        g.link(router, 0, node, "router")
     return node
 
 
@@ -537,27 +539,20 @@ def wan21_t2v_multishot(name: str, unet: str, shots: str, global_prompt: str, hi
     g = Graph(name)
     g.note(files_note([unet, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan_2.1_vae.safetensors"]),
            (NOTE_X, None), (560, None), title="Model links")
-    g.note(CALIBRATION_NOTE + "\n\n" + hint, (NOTE_X, None), (560, None), title="MoGA routers")
+    g.note(GROUPS_NOTE + "\n\n" + hint, (NOTE_X, None), (560, None), title="MoGA groups")
     unet_node, clip, vae = wan_loaders(g, unet)
-    cal_prompt = g.node("CLIPTextEncode", (0, None), title="Calibration prompt", size=(380, 180),
-                        text=CALIBRATION_PROMPT)
-    g.link(clip, 0, cal_prompt, "clip")
-    cal_latent = g.node("EmptyHunyuanLatentVideo", (0, None), title="Calibration latent (33 frames)",
-                        width=size[0], height=size[1], length=33, batch_size=1)
     multishot = multishot_prompt(g, clip, shots, global_prompt, fps=16.0)
     negative = text_encode(g, clip, "negative", WAN_NEGATIVE, size=(520, 200))
     g.note(SHOTS_NOTE, (COL, None), (520, None), title="Shots")
     x = 2 * COL + 120
-    router = calibration(g, unet_node, cal_prompt, negative, cal_latent, x, cfg=6.0)
-    patched = moga_apply(g, unet_node, router, x)
+    patched = moga_apply(g, unet_node, None, x)
     sampler = long_video_sampler(g, patched, multishot, negative, x + 420, shots=multishot, width=size[0],
                                  height=size[1])
     decode_and_save(g, sampler, vae, x + 820, fps=16.0, prefix=prefix, step=5)
     g.note(MOGA_NOTE, (x, None), (880, None), title="MoGA settings")
     g.group("Step 1 - Load models", [unet_node, clip, vae])
-    g.group("MoGA calibration input (runs once, cached)", [cal_prompt, cal_latent], color="#335")
     g.group("Step 2 - Shots and negative prompt", [multishot, negative])
-    g.group("Step 3 - MoGA", [router, patched], color="#335")
+    g.group("Step 3 - MoGA", [patched], color="#335")
     g.group("Step 4 - Sample", [sampler])
     return g
 
@@ -599,9 +594,8 @@ def wan21_i2v_14b() -> Graph:
                       extra=f"**First frame**: load your own image in *Load Image* (`{START_IMAGE}` is a "
                             "placeholder name)."),
            (NOTE_X, None), (560, None), title="Model links")
-    g.note(CALIBRATION_NOTE + "\n\nThis workflow calibrates on the image-to-video conditioning itself (33 frames). "
-                              "121 frames of 480p are 48,360 tokens.", (NOTE_X, None), (560, None),
-           title="MoGA routers")
+    g.note(GROUPS_NOTE + "\n\nThis workflow: 121 frames of 480p, 48,360 tokens.", (NOTE_X, None), (560, None),
+           title="MoGA groups")
     unet_node, clip, vae = wan_loaders(g, unet)
     clip_vision = g.node("CLIPVisionLoader", (0, None), clip_name="clip_vision_h.safetensors")
     image = g.node("LoadImage", (0, None), size=(360, 380), image=START_IMAGE)
@@ -614,26 +608,21 @@ def wan21_i2v_14b() -> Graph:
     g.link(clip_vision, 0, vision, "clip_vision")
     g.link(image, 0, vision, "image")
     i2v = g.node("WanImageToVideo", (COL, None), width=832, height=480, length=121, batch_size=1)
-    cal_i2v = g.node("WanImageToVideo", (COL, None), title="Calibration latent (33 frames)", width=832, height=480,
-                     length=33, batch_size=1)
-    for node in (i2v, cal_i2v):
-        g.link(positive, 0, node, "positive")
-        g.link(negative, 0, node, "negative")
-        g.link(vae, 0, node, "vae")
-        g.link(vision, 0, node, "clip_vision_output")
-        g.link(image, 0, node, "start_image")
+    g.link(positive, 0, i2v, "positive")
+    g.link(negative, 0, i2v, "negative")
+    g.link(vae, 0, i2v, "vae")
+    g.link(vision, 0, i2v, "clip_vision_output")
+    g.link(image, 0, i2v, "start_image")
     x = 2 * COL + 40
-    router = calibration(g, unet_node, cal_i2v, cal_i2v, cal_i2v, x, cfg=6.0, positive_output=0, negative_output=1,
-                         latent_output=2)
-    patched = moga_apply(g, unet_node, router, x)
+    patched = moga_apply(g, unet_node, None, x)
     sampler = long_video_sampler(g, patched, i2v, i2v, x + 420, latent=i2v, steps=20, positive_output=0,
                                  negative_output=1, latent_output=2)
     decode_and_save(g, sampler, vae, x + 820, fps=16.0, prefix="video/MoGA_wan2.1_i2v_14B", step=6)
     g.note(MOGA_NOTE, (x, None), (880, None), title="MoGA settings")
     g.group("Step 1 - Load models", [unet_node, clip, vae, clip_vision])
     g.group("Step 2 - First frame", [image])
-    g.group("Step 3 - Prompt and video size", [positive, negative, vision, i2v, cal_i2v])
-    g.group("Step 4 - MoGA", [router, patched], color="#335")
+    g.group("Step 3 - Prompt and video size", [positive, negative, vision, i2v])
+    g.group("Step 4 - MoGA", [patched], color="#335")
     g.group("Step 5 - Sample", [sampler])
     return g
 
@@ -644,11 +633,11 @@ def wan22_a14b_t2v() -> Graph:
                            "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors")
     g.note(files_note([high_name, low_name, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan_2.1_vae.safetensors"]),
            (NOTE_X, None), (560, None), title="Model links")
-    g.note(CALIBRATION_NOTE + "\n\nWan 2.2 A14B has two experts (high noise for the first half of the steps, low "
-                              "noise for the second); each gets its own routers and its own MoGA patch. This "
+    g.note(GROUPS_NOTE + "\n\nWan 2.2 A14B has two experts (high noise for the first half of the steps, low "
+                              "noise for the second); each gets its own MoGA patch. This "
                               "workflow: 3 shots, about 9 s (141 frames, 56,160 tokens at 480p); the multi-shot "
                               "prompt's `frames` sets the latent's length.", (NOTE_X, None), (560, None),
-           title="MoGA routers")
+           title="MoGA groups")
     high = g.node("UNETLoader", (0, None), title="Load Diffusion Model (high noise)", unet_name=high_name,
                   weight_dtype="default")
     low = g.node("UNETLoader", (0, None), title="Load Diffusion Model (low noise)", unet_name=low_name,
@@ -656,11 +645,6 @@ def wan22_a14b_t2v() -> Graph:
     clip = g.node("CLIPLoader", (0, None), clip_name="umt5_xxl_fp8_e4m3fn_scaled.safetensors", type="wan",
                   device="default")
     vae = g.node("VAELoader", (0, None), vae_name="wan_2.1_vae.safetensors")
-    cal_prompt = g.node("CLIPTextEncode", (0, None), title="Calibration prompt", size=(380, 180),
-                        text=CALIBRATION_PROMPT)
-    g.link(clip, 0, cal_prompt, "clip")
-    cal_latent = g.node("EmptyHunyuanLatentVideo", (0, None), title="Calibration latent (33 frames)", width=832,
-                        height=480, length=33, batch_size=1)
     shots_text = ("3s | Wide shot: a red vintage convertible drives along a coastal road between cliffs and a "
                   "turquoise sea, late afternoon\n"
                   "3s | Inside the car: the driver, a young man with sunglasses, laughs and turns up the radio, his "
@@ -673,11 +657,9 @@ def wan22_a14b_t2v() -> Graph:
     g.link(multishot, "frames", latent, "length")
     x = 2 * COL + 120
     experts = ((high, "high"), (low, "low"))
-    routers = [calibration(g, expert, cal_prompt, negative, cal_latent, x, cfg=3.5,
-                           title=f"MoGA Calibrate Router ({which} noise)") for expert, which in experts]
     applied, shifted = [], []
-    for (expert, which), router in zip(experts, routers):
-        node = moga_apply(g, expert, router, x + 400, title=f"MoGA Attention Patch ({which} noise)")
+    for expert, which in experts:
+        node = moga_apply(g, expert, None, x + 400, title=f"MoGA Attention Patch ({which} noise)")
         g.link(multishot, "shots", node, "shots")
         shift = g.node("ModelSamplingSD3", (x + 800, None), title=f"ModelSamplingSD3 ({which} noise)", shift=5.0)
         g.link(node, 0, shift, "model")
@@ -699,9 +681,8 @@ def wan22_a14b_t2v() -> Graph:
     g.note(MOGA_NOTE + "\n\nHere the shot plan also goes to both MoGA patches (`shots`), so the negative prompt's "
                        "local windows break at the cuts too.", (x, None), (1100, None), title="MoGA settings")
     g.group("Step 1 - Load models", [high, low, clip, vae])
-    g.group("MoGA calibration input (runs once, cached)", [cal_prompt, cal_latent], color="#335")
     g.group("Step 2 - Shots, negative prompt, video size", [multishot, negative, latent])
-    g.group("Step 3 - MoGA on both experts", routers + applied + shifted, color="#335")
+    g.group("Step 3 - MoGA on both experts", applied + shifted, color="#335")
     g.group("Step 4 - Two-stage sampling", [first, second])
     return g
 
@@ -713,9 +694,9 @@ def wan22_ti2v_5b() -> Graph:
                       extra="**Image to video**: select *Load Image* and press Ctrl + B to enable it (bypassed = "
                             "text to video)."),
            (NOTE_X, None), (560, None), title="Model links")
-    g.note(CALIBRATION_NOTE + "\n\nThis workflow: one 10 s shot at 24 fps (241 frames at 1280 x 704: 53,680 tokens; "
+    g.note(GROUPS_NOTE + "\n\nThis workflow: one 10 s shot at 24 fps (241 frames at 1280 x 704: 53,680 tokens; "
                               "the 5B model's latent has 48 channels and 16x spatial compression).",
-           (NOTE_X, None), (560, None), title="MoGA routers")
+           (NOTE_X, None), (560, None), title="MoGA groups")
     unet_node, clip, vae = wan_loaders(g, unet, vae="wan2.2_vae.safetensors")
     image = g.node("LoadImage", (0, None), size=(360, 380), mode=4, image=START_IMAGE)
     positive = text_encode(
@@ -725,22 +706,18 @@ def wan22_ti2v_5b() -> Graph:
         size=(440, 220))
     negative = text_encode(g, clip, "negative", WAN_NEGATIVE)
     latent = g.node("Wan22ImageToVideoLatent", (COL, None), width=1280, height=704, length=241, batch_size=1)
-    cal_latent = g.node("Wan22ImageToVideoLatent", (COL, None), title="Calibration latent (33 frames)", width=1280,
-                        height=704, length=33, batch_size=1)
-    for node in (latent, cal_latent):
-        g.link(vae, 0, node, "vae")
-        g.link(image, 0, node, "start_image")
+    g.link(vae, 0, latent, "vae")
+    g.link(image, 0, latent, "start_image")
     x = 2 * COL + 40
-    router = calibration(g, unet_node, positive, negative, cal_latent, x, cfg=5.0)
-    patched = moga_apply(g, unet_node, router, x)
+    patched = moga_apply(g, unet_node, None, x)
     sampler = long_video_sampler(g, patched, positive, negative, x + 420, latent=latent, steps=20, cfg=5.0,
                                  width=1280, height=704, length=241)
     decode_and_save(g, sampler, vae, x + 820, fps=24.0, prefix="video/MoGA_wan2.2_ti2v_5B", step=5)
     g.note(MOGA_NOTE, (x, None), (880, None), title="MoGA settings")
     g.group("Step 1 - Load models", [unet_node, clip, vae])
     g.group("For image to video, Ctrl + B to enable", [image])
-    g.group("Step 2 - Prompt and video size", [positive, negative, latent, cal_latent])
-    g.group("Step 3 - MoGA", [router, patched], color="#335")
+    g.group("Step 2 - Prompt and video size", [positive, negative, latent])
+    g.group("Step 3 - MoGA", [patched], color="#335")
     g.group("Step 4 - Sample", [sampler])
     return g
 
@@ -752,20 +729,13 @@ def hunyuan_t2v_multishot() -> Graph:
                        "hunyuan_video_vae_bf16.safetensors"],
                       extra="Select an fp8 `weight_dtype` in *Load Diffusion Model* if you run out of memory."),
            (NOTE_X, None), (560, None), title="Model links")
-    g.note(CALIBRATION_NOTE + "\n\nHunyuanVideo is guidance-distilled: cfg 1 (the negative is not used), guidance 6 "
-                              "through FluxGuidance. This workflow: 3 shots, about 6 s at 24 fps (141 frames, "
-                              "57,240 tokens at 848 x 480).", (NOTE_X, None), (560, None), title="MoGA routers")
+    g.note(GROUPS_NOTE + "\n\nHunyuanVideo is guidance-distilled: cfg 1 (the negative is not used), guidance 6 "
+                         "through FluxGuidance. This workflow: 3 shots, about 6 s at 24 fps (141 frames, "
+                         "57,240 tokens at 848 x 480).", (NOTE_X, None), (560, None), title="MoGA groups")
     unet_node = g.node("UNETLoader", (0, None), unet_name=unet, weight_dtype="default")
     clip = g.node("DualCLIPLoader", (0, None), clip_name1="clip_l.safetensors",
                   clip_name2="llava_llama3_fp8_scaled.safetensors", type="hunyuan_video", device="default")
     vae = g.node("VAELoader", (0, None), vae_name="hunyuan_video_vae_bf16.safetensors")
-    cal_prompt = g.node("CLIPTextEncode", (0, None), title="Calibration prompt", size=(380, 180),
-                        text=CALIBRATION_PROMPT)
-    g.link(clip, 0, cal_prompt, "clip")
-    cal_guidance = g.node("FluxGuidance", (0, None), guidance=6.0)
-    g.link(cal_prompt, 0, cal_guidance, "conditioning")
-    cal_latent = g.node("EmptyHunyuanLatentVideo", (0, None), title="Calibration latent (33 frames)", width=848,
-                        height=480, length=33, batch_size=1)
     shots_text = ("2s | A small wooden rowing boat glides across a misty mountain lake at sunrise, wide shot\n"
                   "2s | Medium shot: the girl in the boat pulls the oars, ripples spreading on the calm water\n"
                   "2s | Close-up: she lets go of the oars and watches a heron take off from the reeds")
@@ -778,8 +748,7 @@ def hunyuan_t2v_multishot() -> Graph:
     latent = g.node("EmptyHunyuanLatentVideo", (COL, None), width=848, height=480, length=73, batch_size=1)
     g.link(multishot, "frames", latent, "length")
     x = 2 * COL + 120
-    router = calibration(g, unet_node, cal_guidance, negative, cal_latent, x, cfg=1.0)
-    patched = moga_apply(g, unet_node, router, x)
+    patched = moga_apply(g, unet_node, None, x)
     shift = g.node("ModelSamplingSD3", (x + 420, None), shift=7.0)
     g.link(patched, 0, shift, "model")
     guider = g.node("MoGALongVideoGuider", (x + 420, None), colors=MOGA_COLORS, cfg=1.0, ffn_chunk_tokens=0,
@@ -799,9 +768,8 @@ def hunyuan_t2v_multishot() -> Graph:
                        "(CFG, memory chunking, shot plan) plugs into SamplerCustomAdvanced.",
            (x, None), (1100, None), title="MoGA settings")
     g.group("Step 1 - Load models", [unet_node, clip, vae])
-    g.group("MoGA calibration input (runs once, cached)", [cal_prompt, cal_guidance, cal_latent], color="#335")
     g.group("Step 2 - Shots and video size", [multishot, guidance, negative, latent])
-    g.group("Step 3 - MoGA", [router, patched], color="#335")
+    g.group("Step 3 - MoGA", [patched], color="#335")
     g.group("Step 4 - Custom sampler", [shift, guider, noise, sampler_select, scheduler, sample])
     return g
 
