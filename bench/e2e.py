@@ -2,7 +2,7 @@
 MoGALongVideoSampler, MoGA-patched vs unpatched, with step time and peak GPU memory.
 
     COMFYUI_PATH=/path/to/ComfyUI python bench/e2e.py --out results/e2e.json \
-        [--cases 1.3b:187200,1.3b:580320,...] [--routers calibrated,skewed,auto,calibrated+second]
+        [--cases 1.3b:187200,1.3b:580320,...] [--routers calibrated,skewed,auto,random,calibrated+second]
         [--capacity 1.25] [--free-gib 23] [--profile step_profile.txt]
 
 The model is ComfyUI's own WanModel class with the Wan 2.1 1.3B (or 14B) shapes and random weights, loaded through
@@ -17,7 +17,8 @@ Routers, as users get them:
 - ``auto``: no router file — routers fitted to this video (`nodes.auto_routers`): two sampler steps, the first dense
   (its router inputs are sampled), the fit, then one sparse step; reported: the fit's cost and the sparse step (the
   two steps' time minus the dense step's);
-- any of them with ``+second`` (``calibrated+second``): the second group on (each query also sees its second-best
+- ``random``: no router, the nodes' default grouping — balanced random groups (`moga_core.RandomGroups`), no fit;
+- any of them but ``random`` with ``+second`` (``calibrated+second``): the second group on (each query also sees its second-best
   group).
 The patch uses the node's defaults (combine union, capacity, local branches) except ``start_percent = 0`` so that
 the one timed step is sparse; the 30-step projection applies the default dense warm-up (start_percent 0.2, i.e.
@@ -134,7 +135,8 @@ def main():
     p.add_argument("--dense-max-tokens", type=int, default=187200, help="skip the unpatched run above this")
     p.add_argument("--min-tokens", type=int, default=16384, help="the patch's min_tokens (the node default)")
     p.add_argument("--combine", default="union")
-    p.add_argument("--routers", default="calibrated,skewed", help="comma list of: calibrated, skewed, balanced")
+    p.add_argument("--routers", default="calibrated,skewed",
+                   help="comma list of: calibrated, skewed, balanced, auto, random (+second: the second group on)")
     p.add_argument("--capacity", default="1.25", help="routing capacity ('none' = unbounded groups)")
     p.add_argument("--warmup-steps", type=float, default=0.2,
                    help="the dense warm-up (start_percent) of the 30-step projection")
@@ -194,10 +196,12 @@ def main():
                 row["emulated_free_gib"] = args.free_gib
             second = kind.endswith("+second")
             kind = kind.removesuffix("+second")
-            steps, start = 1, 0.0
+            steps, start, grouping = 1, 0.0, "kmeans"
             if kind == "auto":
                 # auto routers are fitted on the last dense step: two steps, the first dense (start_percent 0.5)
                 rs, steps, start = None, 2, 0.5
+            elif kind == "random":
+                rs, grouping = None, "random"
             elif kind == "calibrated":
                 latent = {"samples": torch.zeros(1, 16, 9, size["height"] // 8, size["width"] // 8)}
                 t0 = time.time()
@@ -211,13 +215,13 @@ def main():
                     with torch.no_grad():
                         r.weight.normal_(0.0, dim ** -0.5, generator=gen)
             else:
-                raise SystemExit(f"unknown router kind {kind!r}: expected calibrated, skewed, balanced, auto "
-                                 "(each optionally with +second)")
+                raise SystemExit(f"unknown router kind {kind!r}: expected calibrated, skewed, balanced, auto, random "
+                                 "(each but random optionally with +second)")
             patched = model.clone()
             extra = dict(second_group=True) if second else {}
             patcher.install(patched, rs, patcher.PatchOptions(start_percent=start, min_tokens=args.min_tokens,
                                                               combine=args.combine, capacity=row["capacity"],
-                                                              auto_groups=groups, **extra))
+                                                              auto_groups=groups, grouping=grouping, **extra))
             row["second_group"] = second
             run = dict(common, steps=steps)
             sampler.execute(model=patched, **dict(run, length=9))  # weights loaded, small kernels built

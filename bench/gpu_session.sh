@@ -8,7 +8,7 @@
 #   layer     the attention layer at 187,200 and 580,320 tokens, dense in the same run, with a profile
 #             (bench/union_kernel.py)                         → layer.json, profile.txt
 #   layer187  the same at 187,200 tokens only, capacities 1.25 and 1.0, no varlen rows (a quick re-measure)
-#   e2e       one sampling step of the Wan-1.3B shape at 187,200 tokens: dense, calibrated, skewed, auto routers,
+#   e2e       one sampling step of the Wan-1.3B shape at 187,200 tokens: dense, calibrated, random groups, skewed, auto routers,
 #             second group; a profile of the calibrated step (bench/e2e.py) → e2e_187k.json, profile.txt
 #   e2e14b    the same for the Wan-14B shape (calibrated)    → e2e_14b.json
 #   memory    580,320 tokens (a minute of 480p) through the Wan-1.3B shape with 23 GiB free, as on a 24 GB card
@@ -39,7 +39,7 @@ for stage in "$@"; do
         --varlen-capacities "" --repeats 10 --back-to-back --no-check ;;
     e2e)
       python3 bench/e2e.py --out "$OUT/e2e_187k.json" --cases 1.3b:187200 \
-        --routers calibrated,skewed,auto,calibrated+second --profile "$OUT/profile.txt" ;;
+        --routers calibrated,random,skewed,auto,calibrated+second --profile "$OUT/profile.txt" ;;
     e2e14b)
       python3 bench/e2e.py --out "$OUT/e2e_14b.json" --cases 14b:187200 --routers calibrated ;;
     memory)
