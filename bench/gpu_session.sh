@@ -32,7 +32,7 @@ for stage in "$@"; do
       python3 -m pytest -m cuda tests/core -v -p no:cacheprovider --durations=25 2>&1 |
         while IFS= read -r line; do echo "$(date -u +%T) $line"; done | tee "$OUT/cuda_tests.log" | tail -40 ;;
     layer)
-      python3 bench/union_kernel.py --out "$OUT/layer.json" --points 187200:5,580320:20 --capacities none,1.25,1.0 \
+      python3 bench/union_kernel.py --out "$OUT/layer.json" --points 187200:5,580320:20 --capacities none,1.25,1.0 --groupings kmeans,random \
         --repeats 10 --back-to-back --profile "$OUT/profile.txt" ;;
     layer187)
       python3 bench/union_kernel.py --out "$OUT/layer_187k.json" --points 187200:5 --capacities 1.25,1.0 \
