@@ -268,8 +268,9 @@ class BlockPatch:
 class MogaPatch(BlockPatch):
     """The holder of one patched model's MoGA state (options, routers on each device, run statistics).
 
-    ``routers`` None: auto routers (`auto_routers.AutoRouters`), ``options.auto_groups`` groups, fitted in each run
-    on the router inputs of its last dense step, for every block that is not in ``dense_blocks``.
+    ``routers`` None: ``options.auto_groups`` groups for every block that is not in ``dense_blocks``, as
+    ``options.grouping`` says — "random": `moga_core.RandomGroups` per block (``self.random``); "kmeans": auto routers
+    (`auto_routers.AutoRouters`, ``self.auto``) fitted in each run on the router inputs of its last dense step.
     """
 
     def __init__(self, adapter: ModelAdapter, routers: RouterSet | None, options: PatchOptions):
@@ -298,7 +299,7 @@ class MogaPatch(BlockPatch):
         self._overrides: dict = {}
 
     def routed_blocks(self) -> list[int]:
-        """Indices of the blocks MoGA routes (auto routers: every block but the dense ones)."""
+        """Indices of the blocks MoGA routes (no router: every block but the dense ones)."""
         if self.random is not None:
             return sorted(self.random)
         return sorted(self.auto.blocks if self.auto is not None else self.routers.routers)
@@ -575,8 +576,8 @@ def install_patch(model_patcher, holder: BlockPatch) -> BlockPatch:
 
 
 def install(model_patcher, routers: RouterSet | None, options: PatchOptions) -> MogaPatch:
-    """Patch ``model_patcher`` (already a clone) with MoGA in place; returns its holder. ``routers`` None: auto
-    routers (fitted to each run's video, see `auto_routers`)."""
+    """Patch ``model_patcher`` (already a clone) with MoGA in place; returns its holder. ``routers`` None: groups as
+    ``options.grouping`` says (random, or auto routers fitted to each run's video: `auto_routers`)."""
     adapter = adapter_for(model_patcher)
     if routers is not None:
         check_routers(adapter, routers, model_patcher)
