@@ -124,7 +124,7 @@ class MoGAApplyRay(io.ComfyNode):
                 RayActors.Input("ray_actors", tooltip="raylight's actors, after Load Diffusion Model (Ray)."),
                 MogaRouter.Input("router", optional=True,
                                  tooltip="Routers from MoGA Router Loader or MoGA Calibrate Router. Left empty: groups "
-                                         "as the grouping input says (not under sequence parallelism)."),
+                                         "as the grouping input says (under sequence parallelism: random only)."),
                 *option_inputs(),
             ],
             outputs=[RayActors.Output(tooltip="The same actors; their models are now MoGA-patched.")],

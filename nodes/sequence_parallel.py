@@ -32,7 +32,7 @@ import types
 import torch
 import torch.distributed as dist
 
-from ..moga_core import VideoLayout
+from ..moga_core import RandomGroups, VideoLayout
 from ..moga_core.parallel import sequence_parallel_moga_attention
 from ..moga_core.routers import RouterSet
 
@@ -59,10 +59,11 @@ class SequenceParallelMogaPatch(MogaPatch):
                              f"model with a sequence-parallel world size of {world_size}. HunyuanVideo under "
                              "raylight's sequence parallelism is not supported yet: run it with ulysses/ring degree 1 "
                              "(data or CFG parallel), or use MoGA Attention Patch on one GPU")
-        if routers is None:
-            raise ValueError("MoGA without a router (grouping 'random (balanced)' or 'k-means on this video') is not "
-                             "supported under sequence parallelism yet: the sharded attention routes by router "
-                             "scores. Connect a router (MoGA Router Loader or MoGA Calibrate Router)")
+        if routers is None and options.grouping != "random":
+            raise ValueError("auto routers (no router connected, grouping 'k-means on this video') are not "
+                             "supported under sequence parallelism yet: they are fitted with k-means on the tokens "
+                             "one process sees, and every rank sees a different shard. Use grouping 'random "
+                             "(balanced)' or connect a router (MoGA Router Loader or MoGA Calibrate Router)")
         super().__init__(adapter, routers, options)
         if self.cfg.second_group:
             raise ValueError("second_group is not supported under sequence parallelism yet; turn it off")
@@ -89,7 +90,24 @@ class SequenceParallelMogaPatch(MogaPatch):
 
     def route(self, router, x_mod: torch.Tensor, key: BlockKey, layout: VideoLayout, info: ForwardInfo) -> Route:
         """The shard's router logits (B, s, M) float32; the attention gathers them (padding rows are dropped)."""
+        if isinstance(router, RandomGroups):
+            return Route(self, key, layout, None, None, info, logits=self._random_logits(router, x_mod, layout))
         return Route(self, key, layout, None, None, info, logits=router.logits(x_mod))
+
+    def _random_logits(self, groups: RandomGroups, x_mod: torch.Tensor, layout: VideoLayout) -> torch.Tensor:
+        """Random groups as router scores: 0 for the group of each token of this rank's shard in the partition of
+        the *whole* video, a large negative number for the others. Gathered over the ranks, their argmax is that
+        partition, and the capacity bound moves none of its tokens (its groups differ in size by one at most), so
+        every rank routes exactly as one process does with the same `RandomGroups`."""
+        b, s, _ = x_mod.shape
+        n = layout.num_video_tokens
+        rank = dist.get_rank(self.process_group)
+        padded = torch.zeros(s * self.world_size, dtype=torch.int64, device=x_mod.device)
+        padded[:n] = groups.partition(n, x_mod.device)
+        mine = padded[rank * s:(rank + 1) * s]  # padding rows get group 0; the attention drops them
+        logits = torch.full((b, s, groups.num_groups), -1e4, dtype=torch.float32, device=x_mod.device)
+        logits.scatter_(2, mine.view(1, s, 1).expand(b, s, 1), 0.0)
+        return logits
 
     @torch.compiler.disable
     def attend_shard(self, route: Route, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

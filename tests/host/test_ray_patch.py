@@ -110,23 +110,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def case(moga, ray_patch, options_module, tmp_path_factory):
-    """A tiny Wan model, its conditioning, a router set, the payload and the pickled (function, payload)."""
+def make_case(moga, ray_patch, options_module, folder, with_router: bool) -> dict:
+    """A tiny Wan model, its conditioning, a router set (or none: the default random groups), the payload and the
+    pickled (function, payload) in ``folder``."""
     cloudpickle = pytest.importorskip("cloudpickle")
-    folder = tmp_path_factory.mktemp("ray_worker")
     sd = tm.wan_state_dict()
     data = {"sd": sd, "pos": tm.wan_conditioning(seed=1), "neg": tm.wan_conditioning(seed=2),
             "latent": tm.video_latent(frames=5, height=14, width=18)}  # 5·7·9 = 315 tokens: odd, padded over 2
     torch.save(data, folder / "data.pt")
     model = tm.load(dict(sd))  # the loader empties the dict it is given
-    rs = routers(moga, model)
-    values = option_values(options_module)
+    rs = routers(moga, model) if with_router else None
+    values = option_values(options_module) if with_router else option_values(options_module, auto_groups=M)
     payload = ray_patch.build_payload(rs, values, pack_rel=ray_patch.pack_relative_path())
     with open(folder / "fn.pkl", "wb") as f:
         cloudpickle.dump((ray_patch.worker_function(), payload), f)
     shutil.copy(SCRIPT, folder / "worker.py")  # run from outside the pack
     return dict(folder=folder, data=data, routers=rs, values=values, payload=payload)
+
+
+@pytest.fixture(scope="module")
+def case(moga, ray_patch, options_module, tmp_path_factory):
+    return make_case(moga, ray_patch, options_module, tmp_path_factory.mktemp("ray_worker"), with_router=True)
+
+
+@pytest.fixture(scope="module")
+def random_case(moga, ray_patch, options_module, tmp_path_factory):
+    """No router: the nodes' default grouping, random groups."""
+    return make_case(moga, ray_patch, options_module, tmp_path_factory.mktemp("ray_worker_random"), with_router=False)
 
 
 def run_workers(comfyui, case, mode, world=1, extra_path=None, timeout=600):
@@ -149,8 +159,7 @@ def run_workers(comfyui, case, mode, world=1, extra_path=None, timeout=600):
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
-@pytest.fixture(scope="module")
-def reference(moga, case):
+def sample_reference(moga, case) -> dict:
     """MoGAApply's patched model and the unpatched model, sampled in this process."""
     from ray_worker_process import ksample
 
@@ -159,6 +168,11 @@ def reference(moga, case):
     patched = moga.NODES["MoGAApply"].execute(model=model, router=case["routers"], **case["values"]).args[0]
     return {"moga": ksample(patched, data["pos"], data["neg"], data["latent"]),
             "dense": ksample(model, data["pos"], data["neg"], data["latent"])}
+
+
+@pytest.fixture(scope="module")
+def reference(moga, case):
+    return sample_reference(moga, case)
 
 
 def rel_err(a, b) -> float:
@@ -192,8 +206,7 @@ def _xfuser_path():
     return path
 
 
-def test_sequence_parallel_worker_samples_as_moga_apply(comfyui, case, reference):
-    """2 gloo processes, real xfuser groups, STAND-IN for raylight's USP injection (module docstring)."""
+def check_sequence_parallel_run(comfyui, case, reference):
     outs = run_workers(comfyui, case, "sp", world=2, extra_path=_xfuser_path())
     for rank, out in enumerate(outs):
         assert out["holder"].endswith("nodes.sequence_parallel.SequenceParallelMogaPatch"), out["holder"]
@@ -212,6 +225,17 @@ def test_sequence_parallel_worker_samples_as_moga_apply(comfyui, case, reference
     assert rel_err(sp["patched"], reference["dense"]) > 1e-3  # MoGA is in effect
 
 
+def test_sequence_parallel_worker_samples_as_moga_apply(comfyui, case, reference):
+    """2 gloo processes, real xfuser groups, STAND-IN for raylight's USP injection (module docstring)."""
+    check_sequence_parallel_run(comfyui, case, reference)
+
+
+def test_sequence_parallel_random_groups_sample_as_moga_apply(moga, comfyui, random_case):
+    """No router, the default grouping: each rank routes its shard by the partition of the whole video (random
+    groups as router scores), so 2 processes sample as MoGAApply's random groups on one."""
+    check_sequence_parallel_run(comfyui, random_case, sample_reference(moga, random_case))
+
+
 def test_what_sequence_parallel_does_not_support_yet_is_refused(moga, options_module):
     """HunyuanVideo, auto routers and second_group under sequence parallelism: clear errors, never a silent
     wrong run (the checks come before any collective, so no process group is needed here)."""
@@ -223,8 +247,10 @@ def test_what_sequence_parallel_does_not_support_yet_is_refused(moga, options_mo
     with pytest.raises(ValueError, match="HunyuanVideo under raylight's sequence parallelism is not supported yet"):
         sp.SequenceParallelMogaPatch(adapter, routers(moga, hunyuan), options, None, 2)
     adapter = moga.adapters.adapter_for(wan)
-    with pytest.raises(ValueError, match="without a router .* not supported under sequence parallelism"):
-        sp.SequenceParallelMogaPatch(adapter, None, options, None, 2)
+    kmeans = options_module.options_from_inputs(**option_values(options_module, start_percent=0.2,
+                                                                grouping="k-means on this video"))
+    with pytest.raises(ValueError, match="auto routers .* not supported under sequence parallelism"):
+        sp.SequenceParallelMogaPatch(adapter, None, kmeans, None, 2)
     second = options_module.options_from_inputs(**option_values(options_module, second_group=True))
     with pytest.raises(ValueError, match="second_group is not supported under sequence parallelism"):
         sp.SequenceParallelMogaPatch(adapter, routers(moga, wan), second, None, 2)
