@@ -334,8 +334,5 @@ class RandomGroups:
     def route2(self, x: torch.Tensor, capacity: float | None = None):
         raise ValueError("random groups have no second-best group: expected second_group off with random groups")
 
-    def to(self, device) -> "RandomGroups":
-        return self  # partitions are made (and cached) on the device of each call's x
-
     def __repr__(self) -> str:
         return f"RandomGroups(num_groups={self.num_groups}, seed={self.seed})"

@@ -10,7 +10,7 @@ holder shares, installed by `install_patch` through the model family's adapter:
   gives the holder each block call's arguments before the block runs;
 - ON_PRE_RUN / ON_CLEANUP open and close a run's statistics.
 
-`MogaPatch` routes (with the given routers, or with routers it fits to each run's video: `auto_routers`): its
+`MogaPatch` routes (with the given routers, random groups, or routers it fits to each run's video: `auto_routers`): its
 block patch computes the block's router input, routes the video tokens and leaves the
 routing (``wiring.ROUTE``) for the block's self-attention call; its attention override
 (``transformer_options["optimized_attention_override"]``, chained onto the previous one) takes that one call and
@@ -341,8 +341,6 @@ class MogaPatch(BlockPatch):
     # ---- routers on the model's device (one float32 copy per device, shared by every clone of the model)
     def router(self, index: int, device: torch.device):
         """Block ``index``'s router on ``device``, or None (auto routers: none fitted for this block)."""
-        if self.random is not None:
-            return self.random[index]  # partitions are made on the device of the tokens they group
         if self.auto is not None:
             router = (self.auto.routers or {}).get(index)
             return router.to(device) if router is not None else None
@@ -380,11 +378,14 @@ class MogaPatch(BlockPatch):
             log.warning("MoGA: %s; block %s stays dense", exc, key)
             return self._dense("bad shot plan")
         with torch.no_grad(), record_function("moga.route"):
-            x_mod = self.adapter.router_input(key, args, span)
-            router = self.router(key.index, x_mod.device)
-            if router is None:
-                return self._dense("no auto router (too few video tokens)")
-            route = self.route(router, x_mod, key, layout, info)
+            if self.random is not None:  # content-free groups: the router input (a norm over all tokens) is not needed
+                route = self.route_random(self.random[key.index], self.adapter.block_tokens(args), key, layout, info)
+            else:
+                x_mod = self.adapter.router_input(key, args, span)
+                router = self.router(key.index, x_mod.device)
+                if router is None:
+                    return self._dense("no auto router (too few video tokens)")
+                route = self.route(router, x_mod, key, layout, info)
         probe = to.get(wiring.GROUP_MAP)
         if probe is not None and probe.block == key.index and route.groups is not None:
             probe.record(route.groups, layout, to, self.cfg.num_groups)
@@ -398,6 +399,13 @@ class MogaPatch(BlockPatch):
         else:
             groups, gate = router(x_mod, capacity=self.cfg.capacity)
         return Route(self, key, layout, groups, gate.to(x_mod.dtype), info, groups2)
+
+    def route_random(self, groups: RandomGroups, tokens: torch.Tensor, key: BlockKey, layout: VideoLayout,
+                     info: ForwardInfo) -> Route:
+        """Random groups for one block call: the block's partition of the Nv video tokens, for each of the B samples
+        of ``tokens`` (the block's token stream (B, n, C)); no gate (union mode)."""
+        ids = groups.partition(layout.num_video_tokens, tokens.device).expand(tokens.shape[0], -1).contiguous()
+        return Route(self, key, layout, ids, None, info)
 
     # ---- attention override
     def override_over(self, previous):

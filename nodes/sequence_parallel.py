@@ -90,24 +90,23 @@ class SequenceParallelMogaPatch(MogaPatch):
 
     def route(self, router, x_mod: torch.Tensor, key: BlockKey, layout: VideoLayout, info: ForwardInfo) -> Route:
         """The shard's router logits (B, s, M) float32; the attention gathers them (padding rows are dropped)."""
-        if isinstance(router, RandomGroups):
-            return Route(self, key, layout, None, None, info, logits=self._random_logits(router, x_mod, layout))
         return Route(self, key, layout, None, None, info, logits=router.logits(x_mod))
 
-    def _random_logits(self, groups: RandomGroups, x_mod: torch.Tensor, layout: VideoLayout) -> torch.Tensor:
-        """Random groups as router scores: 0 for the group of each token of this rank's shard in the partition of
-        the *whole* video, a large negative number for the others. Gathered over the ranks, their argmax is that
-        partition, and the capacity bound moves none of its tokens (its groups differ in size by one at most), so
-        every rank routes exactly as one process does with the same `RandomGroups`."""
-        b, s, _ = x_mod.shape
+    def route_random(self, groups: RandomGroups, tokens: torch.Tensor, key: BlockKey, layout: VideoLayout,
+                     info: ForwardInfo) -> Route:
+        """Random groups as router scores of this rank's shard ``tokens`` (B, s, C): 0 for each token's group in
+        the partition of the *whole* video, a large negative number for the others. Gathered over the ranks, their
+        argmax is that partition, and the capacity bound moves none of its tokens (its groups differ in size by one
+        at most), so every rank routes exactly as one process does with the same `RandomGroups`."""
+        b, s = tokens.shape[:2]
         n = layout.num_video_tokens
         rank = dist.get_rank(self.process_group)
-        padded = torch.zeros(s * self.world_size, dtype=torch.int64, device=x_mod.device)
-        padded[:n] = groups.partition(n, x_mod.device)
+        padded = torch.zeros(s * self.world_size, dtype=torch.int64, device=tokens.device)
+        padded[:n] = groups.partition(n, tokens.device)
         mine = padded[rank * s:(rank + 1) * s]  # padding rows get group 0; the attention drops them
-        logits = torch.full((b, s, groups.num_groups), -1e4, dtype=torch.float32, device=x_mod.device)
+        logits = torch.full((b, s, groups.num_groups), -1e4, dtype=torch.float32, device=tokens.device)
         logits.scatter_(2, mine.view(1, s, 1).expand(b, s, 1), 0.0)
-        return logits
+        return Route(self, key, layout, None, None, info, logits=logits)
 
     @torch.compiler.disable
     def attend_shard(self, route: Route, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

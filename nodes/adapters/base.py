@@ -54,6 +54,11 @@ class ModelAdapter:
         """The router's input for this block call: (B, Nv, C), video tokens only, in the model's dtype."""
         raise NotImplementedError
 
+    def block_tokens(self, args: dict) -> torch.Tensor:
+        """The token stream (B, n, C) a block call gets (its batch, length and device; Wan's and HunyuanVideo's
+        block-replace args both carry it as ``img``)."""
+        return args["img"]
+
     def video_span(self, key: BlockKey, args: dict, num_video_tokens: int, forward_info: dict) -> tuple[int, int] | None:
         """(prefix, suffix): tokens before and after the video tokens in this block's self-attention sequence.
 

@@ -202,12 +202,19 @@ def test_moga_apply_without_router_uses_random_groups_by_default(moga, wan):
     # every step sparse (start_percent 0 is fine without a fit), nothing fitted
     assert stats["sparse_forwards"] == stats["forwards"] > 0 and not stats.get("auto_fits")
     assert sum(stats["sparse_calls"].values()) == len(blocks) * stats["sparse_forwards"]
-    again = ksample(patched_model, pos, neg, latent, seed=3)
-    assert torch.equal(first, again)
+    # content-free: no block computes its router input (a norm and modulation over all tokens) for random groups
+    computed = []
+    original = patch.adapter.router_input
+    patch.adapter.router_input = lambda *a, **k: computed.append(1) or original(*a, **k)
+    try:
+        again = ksample(patched_model, pos, neg, latent, seed=3)
+    finally:
+        del patch.adapter.router_input
+    assert torch.equal(first, again) and not computed
     assert not torch.equal(first, before)
     assert torch.equal(ksample(model.clone(), pos, neg, latent, seed=3), before)
     # the partition a block uses is RandomGroups' (balanced), on the tokens of the call
-    groups, _ = patch.router(blocks[0], torch.device("cpu"))(torch.zeros(2, 30, 4))
+    groups, _ = patch.random[blocks[0]](torch.zeros(2, 30, 4))
     sizes = torch.bincount(groups[0], minlength=3)
     assert int(sizes.max() - sizes.min()) <= 1
     # random groups have no second-best group: a clear error when the patch is made
