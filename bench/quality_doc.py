@@ -321,8 +321,7 @@ def render(data: dict, model_params: float, tokens: int) -> str:
             "bash bench/quality_gpu_split.sh second --finetune-seconds 120   # on the GPU: every row",
             "python bench/quality.py --write-doc quality_out/quality.json --doc docs/QUALITY.md", "```", "",
             "This page: `bench/results/quality/run3_h200/quality.json` (the calls' logs beside it). The study's random "
-            "groups are the construction of `moga_core.RandomGroups` (a balanced random partition per block) with "
-            "the study's own seeds.", "",
+            "groups are `moga_core.RandomGroups` (what the nodes use), seeded 1000 · seed + block.", "",
             "The CI slice of this study (`--preset long-tiny`, every row, on CPU) runs in "
             "`tests/host/test_quality_slice.py`.", ""]
     return "\n".join(out)

@@ -30,7 +30,7 @@ PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if PACK_ROOT not in sys.path:
     sys.path.insert(0, PACK_ROOT)
 
-from moga_core import MogaConfig, Router, VideoLayout, balance_loss, moga_attention  # noqa: E402
+from moga_core import MogaConfig, RandomGroups, Router, VideoLayout, balance_loss, moga_attention  # noqa: E402
 from moga_core.blocksparse import key_set_pairs_tensor  # noqa: E402
 from moga_core.router import second_choice  # noqa: E402
 
@@ -369,14 +369,10 @@ class AttentionController:
         elif mode.kind == "random":
             if cfg.second_group:
                 raise ValueError("random groups have no second choice: expected MogaConfig(second_group=False)")
-            key = (index, nv, cfg.num_groups)
+            key = (index, cfg.num_groups)  # the pack's RandomGroups, seeded per block (it caches per length)
             if key not in self._random_groups:
-                gen = torch.Generator().manual_seed(mode.seed * 1000 + index)
-                perm = torch.randperm(nv, generator=gen)
-                g = torch.empty(nv, dtype=torch.int64)
-                g[perm] = torch.arange(nv) % cfg.num_groups
-                self._random_groups[key] = g.to(q4.device)
-            groups = self._random_groups[key].expand(b, nv)
+                self._random_groups[key] = RandomGroups(cfg.num_groups, seed=mode.seed * 1000 + index)
+            groups = self._random_groups[key].partition(nv, q4.device).expand(b, nv)
         elif mode.kind == "moga":
             if mode.routers is None:
                 raise RuntimeError("MoGA mode without routers: auto routers are fitted by sample(dense_steps >= 1)")
