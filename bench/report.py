@@ -303,8 +303,9 @@ def main():
         "Each row quotes the newest run that measured it (runs sort by file name: `h200` = the first session, "
         "`s2a`… = the second, in order). Runs `s2a`, `s2b`, `s2`, `s2m` ran on a host with two H200s, one job per GPU, "
         "while a CUDA test run (Triton compilation) shared the host's CPUs; `s2c` ran alone on a one-GPU machine; "
-        "`s3` = the third session, one H200 (`--groupings kmeans,random --capacities 1.25 --combines union`; "
-        "580,320 tokens with `--repeats 5`). "
+        "`s3` = the third session, one H200: `bench/union_kernel.py --groupings kmeans,random --capacities 1.25 "
+        "--combines union --no-check` with `--points 187200:5 --repeats 10`, then `--points 580320:20 --repeats 5`, "
+        "the two outputs' points in one file. "
         "Why the misses, and what was measured on the way: [bench/NOTES.md](../bench/NOTES.md) (v5, v6).",
         "",
         "### One step of a Wan-shaped model (cond + uncond) through MoGALongVideoSampler",

@@ -4,7 +4,8 @@ for routing capacities from unbounded to balanced, with the error against dense 
     python bench/union_kernel.py --out results/union_kernel.json [--points 187200:5,580320:20] [--repeats 10]
 
 Tokens are the structured synthetic multi-shot video of `moga_core.synthetic` (3 shots, 480p frames), lifted to
-H·D channels; routers are k-means fits on them (`Router.fit`: unequal groups, as calibrated routers give). Every
+H·D channels; routers are k-means fits on them (`Router.fit`: unequal groups, as calibrated routers give), or with
+``--groupings random`` also `RandomGroups` (balanced, content-free). Every
 MoGA time is the whole layer as a model runs it: routing (with the capacity bound), the block plan or the varlen
 packing, attention, unpacking. Also measured: the first call at a new length (compilation included), the kernel's
 time per full and per partial block pair against cuDNN's dense rate (the constants of `blocksparse.relative_cost`),
@@ -144,7 +145,6 @@ def run_point(tokens, groups, heads, head_dim, capacities, repeats, varlen_capac
               back_to_back=False, groupings=("kmeans",), combines=("union", "mean")):
     layout, x, q, k, v = make_point(tokens, heads, head_dim)
     kmeans_router = Router.fit(x.float(), groups, seed=0).cuda()
-    router = kmeans_router
     res = {"tokens": layout.num_tokens, "grid": layout.grid, "shots": layout.shots, "heads": heads,
            "head_dim": head_dim, "groups": groups, "rows": []}
     dense_out, dense_peak = peak_of(lambda: cudnn_dense(q, k, v))
@@ -212,8 +212,7 @@ def run_point(tokens, groups, heads, head_dim, capacities, repeats, varlen_capac
         del out
         torch.cuda.empty_cache()
     # the kernel's cost per block pair, for the plan of the default-ish capacity
-    router = kmeans_router
-    g, _ = router(x, capacity=capacities[len(capacities) // 2])
+    g, _ = kmeans_router(x, capacity=capacities[len(capacities) // 2])
     plan = build_block_plan(layout, MogaConfig(num_groups=groups, combine="union"), g, "union")
     res["block_costs"] = block_costs(layout, q, k, v, plan, dense_ms, repeats)
     print("  block costs:", {k: round(v, 3) if isinstance(v, float) else v for k, v in res["block_costs"].items()},
