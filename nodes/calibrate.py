@@ -38,7 +38,7 @@ class CapturePatch(BlockPatch):
         found = self.video_tokens(key, args, to, info)
         if found is not None:
             with torch.no_grad():
-                self.sample.add(key.index, self.adapter.router_input(key, args, found[1]))
+                self.sample.add(key.index, info.adapter.router_input(key, args, found[1]))
         return None
 
 

@@ -28,6 +28,7 @@ from comfy_api.latest import io
 
 from . import wiring
 from .adapters import adapter_for
+from .module_patches import add_module_patch
 from .patcher import GroupMapProbe, MogaPatch, summarize_run
 from .shots import MAX_FRAMES, ShotPlan
 from .types import MogaShots
@@ -37,11 +38,12 @@ DEFAULT_FFN_CHUNK = 32768
 RESERVE_BYTES = 1 << 30
 
 
-def chunked_forward(module: torch.nn.Module, chunk_tokens: int):
-    """``module.forward`` run over slices of the token dimension (dim 1) of inputs longer than ``chunk_tokens``."""
-    original = type(module).forward
+def chunked_forward(chunk_tokens: int):
+    """A `module_patches` behaviour: the module's own ``forward`` run over slices of the token dimension (dim 1) of
+    inputs longer than ``chunk_tokens``."""
 
-    def forward(x, *args, **kwargs):
+    def forward(module, x, *args, **kwargs):
+        original = type(module).forward
         n = x.shape[1] if x.dim() >= 3 else 0
         if n <= chunk_tokens:
             return original(module, x, *args, **kwargs)
@@ -59,11 +61,13 @@ def chunked_forward(module: torch.nn.Module, chunk_tokens: int):
 
 
 def chunk_ffns(model, chunk_tokens: int) -> int:
-    """Object-patch every FFN of ``model`` (a clone) to run in token chunks; returns how many were patched."""
-    modules = adapter_for(model).ffn_modules()
-    for path, module in modules:
-        model.add_object_patch(f"{path}.forward", chunked_forward(module, chunk_tokens))
-    return len(modules)
+    """Object-patch every FFN of ``model`` (a clone) to run in token chunks; returns how many were patched. The patches
+    hold paths, not modules: they run on the model being sampled (`module_patches`)."""
+    behaviour = chunked_forward(chunk_tokens)
+    paths = adapter_for(model).ffn_paths()
+    for path in paths:
+        add_module_patch(model, path, behaviour, f"feed-forward in chunks of {chunk_tokens} tokens")
+    return len(paths)
 
 
 def shot_aligned_windows(plan: ShotPlan):
@@ -125,8 +129,8 @@ def check_fits(model, latent: torch.Tensor, ffn_chunk: int, batch: int) -> None:
 def prepare_model(model, plan: ShotPlan | None, ffn_chunk_tokens: int, context_frames: int, context_overlap: int):
     """The clone a long-video run samples with (see the module doc)."""
     m = model.clone()
-    for path, replacement in adapter_for(m).shot_object_patches().items():
-        m.add_object_patch(path, replacement)
+    for path, (behaviour, what) in adapter_for(m).shot_module_patches().items():
+        add_module_patch(m, path, behaviour, what)
     chunk = DEFAULT_FFN_CHUNK if ffn_chunk_tokens == 0 else ffn_chunk_tokens
     if chunk > 0:
         chunk_ffns(m, chunk)
@@ -211,8 +215,11 @@ class MogaLongVideoGuider(comfy.samplers.CFGGuider):
     """A CFG guider that samples with the long-video clone (usable in SamplerCustomAdvanced)."""
 
     def __init__(self, model, plan: ShotPlan | None = None, ffn_chunk_tokens: int = 0, context_frames: int = 0,
-                 context_overlap: int = 0):
+                 context_overlap: int = 0, group_map: bool = False):
         prepared, self.ffn_chunk = prepare_model(model, plan, ffn_chunk_tokens, context_frames, context_overlap)
+        # before the guider reads the options: with dynamic VRAM, set_conds may swap in a delegate patcher, and the
+        # sampler builds every call's options from the guider's model_options (the ones of `prepared`)
+        self.group_map = _group_map_probe(prepared, plan) if group_map else None
         super().__init__(prepared)
         self.plan = plan
         self.windowed = context_frames > 0
@@ -238,8 +245,9 @@ def _model_inputs():
     ]
 
 
-def make_guider(model, positive, negative, cfg, shots, ffn_chunk_tokens, context_frames, context_overlap):
-    guider = MogaLongVideoGuider(model, shots, ffn_chunk_tokens, context_frames, context_overlap)
+def make_guider(model, positive, negative, cfg, shots, ffn_chunk_tokens, context_frames, context_overlap,
+                group_map: bool = False):
+    guider = MogaLongVideoGuider(model, shots, ffn_chunk_tokens, context_frames, context_overlap, group_map)
     guider.set_conds(positive, negative)
     guider.set_cfg(cfg)
     return guider
@@ -274,7 +282,7 @@ class MoGALongVideoGuider(io.ComfyNode):
                 MogaShots.Input("shots", optional=True, tooltip="The shot plan from MoGA Multi-Shot Prompt."),
                 *_memory_inputs(),
             ],
-            outputs=[io.Guider.Output()],
+            outputs=[io.Guider.Output(tooltip="For SamplerCustomAdvanced: CFG with MoGA over the whole latent.")],
         )
 
     @classmethod
@@ -335,8 +343,8 @@ class MoGALongVideoSampler(io.ComfyNode):
             latent = empty_latent(model, width, height, frames)
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         guider = make_guider(model, positive, negative, cfg, shots, ffn_chunk_tokens, context_frames,
-                             context_overlap)
-        probe = _group_map_probe(guider.model_patcher, shots)
+                             context_overlap, group_map=True)
+        probe = guider.group_map
         noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
         sigmas = comfy.samplers.calculate_sigmas(guider.model_patcher.get_model_object("model_sampling"), scheduler,
                                                  steps)

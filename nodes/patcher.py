@@ -41,6 +41,7 @@ from ..moga_core.routers import RouterSet
 from . import wiring
 from .adapters import BlockKey, ModelAdapter, adapter_for
 from .auto_routers import AutoRouters
+from .module_patches import add_module_patch
 from .options import PatchOptions
 from .shots import ShotPlan, frame_shots, text_keep_table
 
@@ -64,6 +65,9 @@ def summarize_run(stats: dict | None) -> str:
         parts.append(f"largest group {100 * stats['largest_group_sum'] / sparse:.0f}% of the tokens on average "
                      f"(max {100 * stats['largest_group_max']:.0f}%)")
         parts.append(f"density {stats['density_sum'] / sparse:.3f}")
+    others = stats.get("other_attention")
+    if others:
+        parts.append("calls MoGA did not take went to " + " and ".join(sorted(others)))
     if stats.get("auto_fits"):
         parts.append(f"auto routers fitted in {stats['auto_fit_s']:.2f} s (inputs sampled in "
                      f"{stats.get('auto_capture_s', 0.0):.2f} s) at sigma {stats.get('auto_capture_sigma') or 0:.4g}")
@@ -103,6 +107,7 @@ class ForwardInfo:
     facts: dict = field(default_factory=dict)  # the adapter's per-forward facts (latent shape, extra tokens)
     plan: ShotPlan | None = None  # the multi-shot plan, when the cond carries per-shot captions
     capture: str | None = None  # why this call's router inputs are sampled for auto routers (None: they are not)
+    adapter: ModelAdapter | None = None  # the family adapter over the diffusion model this call runs (see bind)
 
 
 @dataclass
@@ -167,7 +172,8 @@ class BlockPatch:
     @staticmethod
     def _new_stats():
         return {"forwards": 0, "sparse_forwards": 0, "sparse_calls": Counter(), "dense": Counter(),
-                "sigmas": [], "density_sum": 0.0, "largest_group_sum": 0.0, "largest_group_max": 0.0}
+                "sigmas": [], "density_sum": 0.0, "largest_group_sum": 0.0, "largest_group_max": 0.0,
+                "other_attention": set()}
 
     # ---- what a subclass decides
     def takes_block(self, key: BlockKey) -> bool:
@@ -214,15 +220,21 @@ class BlockPatch:
             self.stats["sparse_forwards"] += int(sparse)
             if sigma is not None:
                 self.stats["sigmas"].append(sigma)
+        # the model being run may be a delegate loaded after the patch was made (dynamic VRAM): modules come from it
+        running = self.adapter.bind(getattr(executor, "class_obj", None))
         infos = dict(to.get(wiring.FORWARD) or {})
-        infos[id(self)] = ForwardInfo(sparse, wiring.shot_cuts_of(to), self.adapter.forward_info(args, kwargs),
-                                      wiring.shot_plan_of(to), capture)
+        infos[id(self)] = ForwardInfo(sparse, wiring.shot_cuts_of(to), running.forward_info(args, kwargs),
+                                      wiring.shot_plan_of(to), capture, running)
         to[wiring.FORWARD] = infos
         current = to.get(wiring.ATTENTION_OVERRIDE)
         if not _is_ours(current, self):  # a node applied later replaced us for this model: go back on top
             override = self.override_over(current)
             if override is not None:
                 to[wiring.ATTENTION_OVERRIDE] = override
+        other = wiring.describe_override(_strip_moga(to.get(wiring.ATTENTION_OVERRIDE)))
+        if other is not None:
+            with self._lock:
+                self.stats["other_attention"].add(other)
         try:
             return executor(*args, **kwargs)
         finally:
@@ -256,10 +268,11 @@ class BlockPatch:
 
     def video_tokens(self, key: BlockKey, args: dict, to: dict, info: ForwardInfo):
         """(grid, span) of this block call's video tokens, or None (counted as a dense reason)."""
-        grid = wiring.video_grid(self.adapter, info.facts, to)
+        adapter = info.adapter or self.adapter
+        grid = wiring.video_grid(adapter, info.facts, to)
         if grid is None:
             return self._dense("no video grid")
-        span = self.adapter.video_span(key, args, grid[0] * grid[1] * grid[2], info.facts)
+        span = adapter.video_span(key, args, grid[0] * grid[1] * grid[2], info.facts)
         if span is None:
             return self._dense("token layout not understood")
         return grid, span
@@ -361,7 +374,7 @@ class MogaPatch(BlockPatch):
             found = self.video_tokens(key, args, to, info)
             if found is not None:
                 with torch.no_grad():
-                    self.auto.add(key.index, self.adapter.router_input(key, args, found[1]), self.stats)
+                    self.auto.add(key.index, info.adapter.router_input(key, args, found[1]), self.stats)
             if info.capture == "forced dense":
                 return self._dense("dense step to fit auto routers")
         if not info.sparse:
@@ -381,7 +394,7 @@ class MogaPatch(BlockPatch):
             if self.random is not None:  # content-free groups: the router input (a norm over all tokens) is not needed
                 route = self.route_random(self.random[key.index], self.adapter.block_tokens(args), key, layout, info)
             else:
-                x_mod = self.adapter.router_input(key, args, span)
+                x_mod = info.adapter.router_input(key, args, span)
                 router = self.router(key.index, x_mod.device)
                 if router is None:
                     return self._dense("no auto router (too few video tokens)")
@@ -414,6 +427,8 @@ class MogaPatch(BlockPatch):
         if cached is not None and cached[0] is previous:
             return cached[1]
         override = _make_override(self, previous)
+        if len(self._overrides) >= 16:  # a node that installs a fresh override every run must not grow this
+            self._overrides.clear()
         self._overrides[id(previous)] = (previous, override)
         return override
 
@@ -490,11 +505,10 @@ def _make_override(patch: MogaPatch, previous):
             out = patch.attend(route, q, k, v, heads, mask, skip_reshape, skip_output_reshape, kwargs)
             if out is not None:
                 return out
-        if previous is not None:
-            return previous(func, q, k, v, heads, mask=mask, attn_precision=attn_precision,
-                            skip_reshape=skip_reshape, skip_output_reshape=skip_output_reshape, **kwargs)
-        return func(q, k, v, heads, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
-                    skip_output_reshape=skip_output_reshape, **kwargs)
+        info = (to.get(wiring.FORWARD) or {}).get(id(patch)) if isinstance(to, dict) else None
+        return wiring.pass_down(func, previous, info.adapter if info is not None else None, q, k, v, heads,
+                         dict(kwargs, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
+                              skip_output_reshape=skip_output_reshape))
 
     # no `container_function` attribute on purpose: newer ComfyUI then hands us plain tensors
     moga_override._moga_patch = patch
@@ -552,6 +566,7 @@ def _global_keep_from_mask(mask, layout: VideoLayout, n: int):
 def install_patch(model_patcher, holder: BlockPatch) -> BlockPatch:
     """Install ``holder`` on ``model_patcher`` (already a clone) in place; an earlier MoGA holder is replaced."""
     adapter = holder.adapter
+    refuse_multigpu(model_patcher)
     to = model_patcher.model_options.setdefault("transformer_options", {})
     model_patcher.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, wiring.PATCH_KEY)
     for kind in (comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, comfy.patcher_extension.CallbacksMP.ON_CLEANUP):
@@ -571,16 +586,39 @@ def install_patch(model_patcher, holder: BlockPatch) -> BlockPatch:
             model_patcher.set_model_patch_replace(earlier, "dit", *name)
         elif name in dit:
             dit.pop(name)
-    for path, replacement in adapter.shot_object_patches().items():
-        model_patcher.add_object_patch(path, replacement)
+    for path, (behaviour, what) in adapter.shot_module_patches().items():
+        add_module_patch(model_patcher, path, behaviour, what)
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, wiring.PATCH_KEY,
                                        holder.diffusion_wrapper)
     model_patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, wiring.PATCH_KEY,
                                         holder.on_pre_run)
     model_patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_CLEANUP, wiring.PATCH_KEY,
                                         holder.on_cleanup)
+    on_match = getattr(comfy.patcher_extension.CallbacksMP, "ON_MATCH_MULTIGPU_CLONES", None)  # ComfyUI >= 0.2x
+    if on_match is not None:
+        model_patcher.remove_callbacks_with_key(on_match, wiring.PATCH_KEY)
+        model_patcher.add_callback_with_key(on_match, wiring.PATCH_KEY, _refuse_multigpu_clones)
     wiring.set_patch(model_patcher, holder)
     return holder
+
+
+MULTIGPU_REFUSED = (
+    "MoGA does not run under ComfyUI's multi-GPU work split (MultiGPU CFG Split) yet: the split runs the model's copies "
+    "on several GPUs at once, and MoGA's run state has not been checked there. Remove the MultiGPU CFG Split node from "
+    "this model's chain (Select Model Device alone is fine), or use raylight with the 'MoGA Patch (Ray)' node")
+
+
+def refuse_multigpu(model_patcher) -> None:
+    """A clone that already carries per-GPU copies (MultiGPU CFG Split applied before MoGA) is a clear error."""
+    getter = getattr(model_patcher, "get_additional_models_with_key", None)
+    if getter is not None and getter("multigpu"):
+        raise ValueError(MULTIGPU_REFUSED)
+
+
+def _refuse_multigpu_clones(model_patcher, *rest):
+    """ON_MATCH_MULTIGPU_CLONES: MultiGPU CFG Split applied after MoGA (or a run about to split) is a clear error."""
+    if model_patcher.get_additional_models_with_key("multigpu"):
+        raise ValueError(MULTIGPU_REFUSED)
 
 
 def install(model_patcher, routers: RouterSet | None, options: PatchOptions) -> MogaPatch:

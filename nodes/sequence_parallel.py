@@ -75,10 +75,11 @@ class SequenceParallelMogaPatch(MogaPatch):
 
     def video_tokens(self, key: BlockKey, args: dict, to: dict, info: ForwardInfo):
         """(grid, (0, 0)) of the *whole* video when this block call holds one chunk of it, else a dense reason."""
-        attn = self.adapter.diffusion_model.blocks[key.block_index].self_attn
+        adapter = info.adapter or self.adapter  # the model being run (a delegate may have replaced the patched one)
+        attn = adapter.diffusion_model.blocks[key.block_index].self_attn
         if getattr(attn.forward, "__func__", None) is not moga_self_attn_forward:
             return self._dense(NOT_REWIRED)
-        grid = wiring.video_grid(self.adapter, info.facts, to)
+        grid = wiring.video_grid(adapter, info.facts, to)
         if grid is None:
             return self._dense("no video grid")
         if info.facts.get("has_reference") or info.facts.get("has_context_latents"):

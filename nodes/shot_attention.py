@@ -94,9 +94,7 @@ def _make_shot_override(state: _ShotCall, previous):
         def down(q_, k_, v_, mask_):
             call = dict(kwargs, mask=mask_, attn_precision=attn_precision, skip_reshape=skip_reshape,
                         skip_output_reshape=skip_output_reshape)
-            if previous is not None:
-                return previous(func, q_, k_, v_, heads, **call)
-            return func(q_, k_, v_, heads, **call)
+            return wiring.pass_down(func, previous, state.adapter, q_, k_, v_, heads, call)
 
         to = kwargs.get("transformer_options") or {}
         if to.get(wiring.ROUTE) is not None or kwargs.get("enable_gqa"):
@@ -118,6 +116,7 @@ def _make_shot_override(state: _ShotCall, previous):
         return _joint(state, down, q, k, v, mask, token_dim, out_dim, a, b, hw, shots)
 
     shot_override._moga_shots = state
+    shot_override._moga_previous = previous
     shot_override._moga_previous = previous
     return shot_override
 

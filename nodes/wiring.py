@@ -111,3 +111,34 @@ def sigma_of(to: dict) -> float | None:
     if sigmas is None:
         return None
     return float(sigmas.reshape(-1)[0]) if torch.is_tensor(sigmas) else float(sigmas)
+
+
+def pass_down(func, previous, adapter, q, k, v, heads, kwargs: dict):
+    """An attention call an override declines, sent where it would have gone without that override: the override
+    installed before it; else the attention the checkpoint chose for this layer (newer ComfyUI: a layer's
+    ``comfy_attention.function``, which ComfyUI itself skips whenever any override is installed); else ``func``, the
+    backend ComfyUI picked. ``kwargs`` keeps ComfyUI's ``_inside_attn_wrapper`` so nothing re-enters an override."""
+    if previous is not None:
+        return previous(func, q, k, v, heads, **kwargs)
+    if adapter is not None:
+        to = kwargs.get("transformer_options")
+        token_dim = 2 if kwargs.get("skip_reshape") else 1
+        preferred = adapter.preferred_attention(to if isinstance(to, dict) else {},
+                                                q.shape[token_dim] == k.shape[token_dim])
+        if preferred is not None:
+            return preferred(q, k, v, heads, **kwargs)
+    return func(q, k, v, heads, **kwargs)
+
+
+def describe_override(override) -> str | None:
+    """A reader's name for an attention override another node installed (None: no override)."""
+    while override is not None and (hasattr(override, "_moga_patch") or hasattr(override, "_moga_shots")):
+        override = getattr(override, "_moga_previous", None)  # the pack's own layers are not "another node"
+    if override is None:
+        return None
+    inner = getattr(override, "func", override)  # functools.partial
+    module = getattr(inner, "__module__", "") or ""
+    if module.endswith("nodes_sparse_attention") or hasattr(override, "_block_sparse_attention_patch"):
+        return "ComfyUI's Model Sparse Attention (it decides which of them run sparse)"
+    name = getattr(inner, "__qualname__", None) or type(inner).__name__
+    return f"the attention override {module + '.' if module else ''}{name}"

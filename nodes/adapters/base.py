@@ -27,11 +27,27 @@ class BlockKey:
 
 
 class ModelAdapter:
+    """Family knowledge over one diffusion model module.
+
+    Its structure (blocks, sizes, paths) is the same for every copy of a model, but the modules are not: under dynamic
+    VRAM the sampler may run a freshly loaded delegate of the model a patch was made on. Per-call work that touches
+    modules (``router_input``) must use the adapter `bind`-ed to the model being run, never one kept from patch time.
+    """
+
     family: str = ""
     display_name: str = ""
 
     def __init__(self, diffusion_model: torch.nn.Module):
         self.diffusion_model = diffusion_model
+
+    def bind(self, diffusion_model: torch.nn.Module) -> "ModelAdapter":
+        """This adapter over ``diffusion_model`` (the model a forward runs; ``self`` when it is the same object)."""
+        if diffusion_model is self.diffusion_model or diffusion_model is None:
+            return self
+        if type(diffusion_model) is not type(self.diffusion_model):
+            raise ValueError(f"MoGA: the patch was made on a {type(self.diffusion_model).__name__} but the sampler "
+                             f"runs a {type(diffusion_model).__name__}")
+        return type(self)(diffusion_model)
 
     # ---- structure
     @property
@@ -77,13 +93,35 @@ class ModelAdapter:
         """
         return None
 
-    def shot_object_patches(self) -> dict:
-        """{path: replacement} object patches a clone needs for per-shot captions beyond attention (may be empty)."""
+    def attention_module(self, block_type: str | None, block_index: int | None, self_attention: bool):
+        """The attention module an attention call of block (``block_type``, ``block_index``) comes from, or None
+        when the family does not say (newer ComfyUI keeps a layer's chosen attention on it: `preferred_attention`)."""
+        return None
+
+    def preferred_attention(self, to: dict, self_attention: bool):
+        """The attention function the checkpoint chose for the layer of this call (newer ComfyUI loads a per-layer
+        ``comfy_attention`` config, e.g. INT8 attention), or None."""
+        module = self.attention_module(to.get("block_type"), to.get("block_index"), self_attention)
+        return getattr(getattr(module, "comfy_attention", None), "function", None)
+
+    def shot_module_patches(self) -> dict:
+        """{module path: (behaviour, what)}: ``forward`` patches a clone needs for per-shot captions beyond attention
+        (may be empty), applied with `module_patches.add_module_patch` (``behaviour(module, *args, **kwargs)``)."""
         return {}
 
-    def ffn_modules(self) -> list[tuple[str, torch.nn.Module]]:
-        """(path under the BaseModel, module) of the token-wise feed-forward networks worth chunking."""
+    def ffn_paths(self) -> list[str]:
+        """Paths under the BaseModel (``diffusion_model.…``) of the token-wise feed-forward networks worth chunking."""
         return []
+
+    def ffn_modules(self) -> list[tuple[str, torch.nn.Module]]:
+        """(path, module) of `ffn_paths` in this adapter's model (structure only: sizes for memory estimates)."""
+        out = []
+        for path in self.ffn_paths():
+            module = self.diffusion_model
+            for part in path.split(".")[1:]:
+                module = getattr(module, part)
+            out.append((path, module))
+        return out
 
     def forward_info(self, args: tuple, kwargs: dict) -> dict:
         """Per-forward facts read from the DIFFUSION_MODEL call's arguments (latent shape, extra-token inputs)."""

@@ -60,13 +60,12 @@ class HunyuanVideoAdapter(ModelAdapter):
             return None
         return (txt + extra_img, 0)
 
-    def shot_object_patches(self):
+    def shot_module_patches(self):
         """The token refiner pools all text tokens into its conditioning vector, so per-shot captions must be refined
         one caption at a time (as if each were encoded alone) for a shot's tokens to be independent of the others."""
-        refiner = self.diffusion_model.txt_in
-        original = type(refiner).forward
 
-        def refine_per_caption(x, timesteps, mask, transformer_options={}):
+        def refine_per_caption(refiner, x, timesteps, mask, transformer_options={}):
+            original = type(refiner).forward
             plan = shot_plan_of(transformer_options)
             if plan is None or plan.shot_tokens is None or x.shape[1] != plan.text_tokens:
                 return original(refiner, x, timesteps, mask, transformer_options=transformer_options)
@@ -75,12 +74,11 @@ class HunyuanVideoAdapter(ModelAdapter):
                               transformer_options=transformer_options) for a, b in ranges]
             return torch.cat(parts, dim=1)
 
-        return {"diffusion_model.txt_in.forward": refine_per_caption}
+        return {"diffusion_model.txt_in": (refine_per_caption, "per-caption token refiner")}
 
-    def ffn_modules(self):
+    def ffn_paths(self):
         # double blocks' image MLP; single blocks fuse their MLP into the attention projections
-        return [(f"diffusion_model.double_blocks.{i}.img_mlp", b.img_mlp)
-                for i, b in enumerate(self.diffusion_model.double_blocks)]
+        return [f"diffusion_model.double_blocks.{i}.img_mlp" for i in range(len(self.diffusion_model.double_blocks))]
 
     def text_layout(self, q_tokens, k_tokens, joint, num_video, text_tokens, facts):
         if not joint or q_tokens != k_tokens:

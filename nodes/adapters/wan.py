@@ -55,8 +55,15 @@ class WanAdapter(ModelAdapter):
             return (0, extra)
         return None  # both kinds at once, or tokens we cannot place: stay dense
 
-    def ffn_modules(self):
-        return [(f"diffusion_model.blocks.{i}.ffn", b.ffn) for i, b in enumerate(self.diffusion_model.blocks)]
+    def attention_module(self, block_type, block_index, self_attention):
+        blocks = self.diffusion_model.blocks
+        if block_type not in (None, "double") or not isinstance(block_index, int) or not 0 <= block_index < len(blocks):
+            return None
+        block = blocks[block_index]
+        return block.self_attn if self_attention else block.cross_attn
+
+    def ffn_paths(self):
+        return [f"diffusion_model.blocks.{i}.ffn" for i in range(len(self.diffusion_model.blocks))]
 
     def text_layout(self, q_tokens, k_tokens, joint, num_video, text_tokens, facts):
         if joint or k_tokens != text_tokens or q_tokens < num_video:
