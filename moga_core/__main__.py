@@ -1,10 +1,27 @@
-"""`python -m moga_core info` and `python -m moga_core bench …`."""
+"""`python -m moga_core info` and `python -m moga_core bench …`.
+
+``python -m moga_core`` needs the folder that holds ``moga_core/`` (the pack's folder, ``ComfyUI-MoGA``) on the
+module path: run it there, or with ``PYTHONPATH=/path/to/ComfyUI-MoGA``. From anywhere else, run this file itself:
+``python /path/to/ComfyUI-MoGA/moga_core/__main__.py info``.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 
-import torch
+if __name__ == "__main__" and not __package__:
+    # run as a file: put the pack's folder (the one above moga_core/) on the path in place of this file's own
+    # folder (whose module names, e.g. config or plan, must not shadow others), then import the package so that
+    # the relative imports below resolve against it
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+    sys.path.insert(0, os.path.dirname(_here))
+    import moga_core  # noqa: E402,F401
+
+    __package__ = "moga_core"
+
+import torch  # noqa: E402
 
 
 def info() -> int:
@@ -47,7 +64,8 @@ def info() -> int:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m moga_core {info|bench} [options]\n"
+        print("usage: python -m moga_core {info|bench} [options]   (in the pack's folder, or with it on PYTHONPATH;\n"
+              "       from anywhere: python /path/to/ComfyUI-MoGA/moga_core/__main__.py {info|bench} [options])\n"
               "  info   torch, CUDA, which attention backends exist and which `auto` picks\n"
               "  bench  dense vs MoGA time and error on synthetic structured video tokens (no weights needed);\n"
               "         `python -m moga_core bench --help` for options")

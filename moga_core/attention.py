@@ -24,6 +24,7 @@ from .backends import default_scale, flex_available, lse_dtype, sdpa_with_lse, s
 from .blocksparse import BLOCK, block_attention, build_block_plan, key_set_pairs_tensor, relative_cost
 from .config import MogaConfig, VideoLayout, check_config_for_layout
 from .plan import Term, group_terms, static_terms, temporal_groups, window_of_rows_cols
+from .router import RandomGroups
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -242,6 +243,73 @@ def _counted(flat: torch.Tensor, batch: int, num_groups: int) -> tuple[int, torc
     return int(round(float(flat[0]))), flat[1:].long().view(batch, num_groups)
 
 
+# Why a union call ran densely under ``dense_fallback`` (``stats["dense_reason"]``; `moga_attention`).
+DENSE_ONE_GROUP = "one group holds every token"  # union with one group is dense attention by definition
+DENSE_AT_LENGTH = "estimated sparse cost not below dense at this length"  # equal groups would not pay off either
+DENSE_UNEQUAL = "groups too unequal to pay off"  # equal groups would have paid off; these groups do not
+DENSE_REASONS = (DENSE_ONE_GROUP, DENSE_AT_LENGTH, DENSE_UNEQUAL)
+
+# the cost estimate of equal random groups per (layout, cfg, block kernel or not): content-free, so one per shape
+_EQUAL_GROUPS_COST: dict = {}
+
+
+def _group_pieces(cfg: MogaConfig, second: bool) -> tuple[str, ...]:
+    """The varlen path's router-dependent pieces in union mode (inclusion–exclusion over group, window, frame)."""
+    want = ["group"]
+    if cfg.window is not None:
+        want.append("group&window")
+    if cfg.frame_branch:
+        want.append("group&frame")
+    if cfg.window is not None and cfg.frame_branch:
+        want.append("group&window&frame")
+    if second:
+        want += [name.replace("group", "group2", 1) for name in want]
+    return tuple(want)
+
+
+def _varlen_relative_cost(pairs: int, batch: int, nv: int) -> float:
+    # seven varlen pieces at FlashAttention-2 rates plus float32 merges: about twice dense's rate per score
+    return 2.0 * pairs / float(batch * nv * nv)
+
+
+def equal_groups_cost(layout: VideoLayout, cfg: MogaConfig, block_kernel: bool, device=None) -> float:
+    """The dense-fallback estimate (union mode; 1 = dense attention's time) for exactly equal random groups
+    (`RandomGroups`, seed 0; second groups one id further) at this layout: the cheapest groups the estimate knows,
+    so where it is not below 1 no grouping pays off at this length. Cached per (layout, cfg, path)."""
+    key = (layout, cfg, bool(block_kernel))
+    cost = _EQUAL_GROUPS_COST.get(key)
+    if cost is None:
+        device = torch.device("cpu") if device is None else torch.device(device)
+        nv, m = layout.num_video_tokens, cfg.num_groups
+        groups = RandomGroups(m, seed=0).partition(nv, device)[None]
+        groups2 = (groups + 1) % m if cfg.second_group else None
+        if block_kernel:
+            plan = build_block_plan(layout, cfg, groups, "union", None, groups2=groups2)
+            counts = torch.stack([plan.partial_blocks.sum(), plan.full_blocks.sum()]).cpu().tolist()
+            cost = relative_cost(int(counts[0]), int(counts[1]), 1, nv, nv + layout.num_global_tokens)
+        else:
+            terms = list(group_terms(layout, cfg, groups, _group_pieces(cfg, groups2 is not None), groups2).values())
+            terms += list(static_terms(layout, cfg, 1, device).values())
+            cost = _varlen_relative_cost(sum(t.problem.pair_count() for t in terms), 1, nv)
+        if len(_EQUAL_GROUPS_COST) > 64:
+            _EQUAL_GROUPS_COST.clear()
+        _EQUAL_GROUPS_COST[key] = cost
+    return cost
+
+
+def dense_reason(layout: VideoLayout, cfg: MogaConfig, group_sizes: torch.Tensor, block_kernel: bool,
+                 device=None) -> str:
+    """Why a union call whose estimate was not below dense ran densely: one of `DENSE_REASONS`. ``group_sizes``
+    (B, M): tokens per group. Every sample in one group: `DENSE_ONE_GROUP`; else equal groups of this layout would
+    not pay off either (`equal_groups_cost` >= 1): `DENSE_AT_LENGTH`; else `DENSE_UNEQUAL`."""
+    nv = layout.num_video_tokens
+    if cfg.num_groups == 1 or bool((group_sizes.max(1).values >= nv).all()):
+        return DENSE_ONE_GROUP
+    if equal_groups_cost(layout, cfg, block_kernel, device) >= 1.0:
+        return DENSE_AT_LENGTH
+    return DENSE_UNEQUAL
+
+
 def _dense_union(q, k, v, layout, glob_idx, global_keep, scale):
     """Union attention with every video key in the set (what union mode becomes with M = 1): (B·Nv, H, D)."""
     b, n, h, d = q.shape
@@ -273,8 +341,10 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
     case, so the caption restriction of ``global_keep`` still holds. If ``stats`` is a dict it receives
     ``density`` (scores of the key sets / N²), ``work_density`` (scores actually computed / N²: whole 128×128
     blocks on the block kernel, every inclusion–exclusion piece on the varlen path), ``group_sizes``, ``backend``
-    ("flex" on the block kernel), ``path`` ("sparse" or "dense") and, on the block kernel, ``relative_cost``
-    (estimated time vs dense attention).
+    ("flex" on the block kernel), ``path`` ("sparse" or "dense"), on the block kernel ``relative_cost``
+    (estimated time vs dense attention), and on the dense path ``dense_reason``: `DENSE_ONE_GROUP` (every token in
+    one group), `DENSE_AT_LENGTH` (not even equal groups would beat dense at this length: short sequences) or
+    `DENSE_UNEQUAL` (equal groups would; these are too unequal).
     """
     groups, gate = _check_inputs(q, k, v, layout, cfg, groups, gate)
     groups2 = _check_groups2(groups2, groups, layout, cfg)
@@ -336,21 +406,13 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
     if video is None or not union:
         need_lse = union or has_glob
         if not block_kernel:
-            want = ["group"]
-            if union and cfg.window is not None:
-                want.append("group&window")
-            if union and cfg.frame_branch:
-                want.append("group&frame")
-            if union and cfg.window is not None and cfg.frame_branch:
-                want.append("group&window&frame")
-            if groups2 is not None:  # union only (MogaConfig): the same pieces for the second group
-                want += [name.replace("group", "group2", 1) for name in want]
-            gterms = group_terms(layout, cfg, groups, tuple(want), groups2)
+            # groups2 is union only (MogaConfig): the same pieces for the second group
+            want = _group_pieces(cfg, groups2 is not None) if union else ("group",)
+            gterms = group_terms(layout, cfg, groups, want, groups2)
         sterms = static_terms(layout, cfg, b, q.device)
         if union and dense_fallback:
             pairs = sum(t.problem.pair_count() for t in list(gterms.values()) + list(sterms.values()))
-            # seven varlen pieces at FlashAttention-2 rates plus float32 merges: about twice dense's rate per score
-            if 2.0 * pairs >= b * nv * nv:
+            if _varlen_relative_cost(pairs, b, nv) >= 1.0:
                 path = "dense"
         if path == "dense":
             video = _dense_union(q, k, v, layout, glob_idx, global_keep, scale)
@@ -407,7 +469,9 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
         stats["group_sizes"] = sizes
         stats["backend"] = "flex" if block_kernel else cfg.backend
         stats["path"] = path
+        stats.pop("dense_reason", None)
         if path == "dense":
+            stats["dense_reason"] = dense_reason(layout, cfg, sizes, block_kernel, q.device)
             work = b * n * n
         elif block_kernel:  # block granularity
             work = (checks[1] + checks[2]) * BLOCK * BLOCK + b * ng * n

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,63 @@ ROUTER_INPUT = "self_attn_input"  # the block's self-attention input: norm(x) af
 SOURCES = ("calibrated", "trained", "converted")
 _KEY = re.compile(r"^(?:.*?\.)?(?:double_blocks|single_blocks|blocks)\.(\d+)\.(?:self_attn\.|attn\.)?router\.(weight|bias)$")
 _FILE_KEY = re.compile(r"^blocks\.(\d+)\.router\.(weight|bias)$")
+
+
+ROUTER_FILE = ("a MoGA router file (safetensors: blocks.N.router.weight/bias with moga_format_version metadata) or "
+               "a MoGA checkpoint (a diffusion model with ...router.weight keys)")
+
+
+def _safetensors_error() -> tuple[type, ...]:
+    try:
+        from safetensors import SafetensorError
+
+        return (SafetensorError,)
+    except ImportError:  # older safetensors: its Rust error under another path
+        try:
+            from safetensors._safetensors_rust import SafetensorError
+
+            return (SafetensorError,)
+        except ImportError:
+            return ()
+
+
+# what reading a damaged file raises: safetensors' own error (e.g. "Error while deserializing header: header too
+# large"), and from readers that parse the header themselves struct / JSON / Unicode / key errors. Not OSError (a
+# missing file is named by its own message) and not RuntimeError (out of memory is not a damaged file).
+UNREADABLE_FILE_ERRORS = _safetensors_error() + (ValueError, KeyError, TypeError, EOFError, struct.error)
+
+
+def unreadable_file(path: str, exc: BaseException, expected: str) -> ValueError:
+    """The error for a file that cannot be read: names the file, says what was expected and what to do."""
+    lines = str(exc).strip().splitlines()
+    cause = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return ValueError(f"{path} cannot be read ({cause}); expected {expected}. The file is truncated, corrupt or not "
+                      "a safetensors file (e.g. a web page saved under this name, or a .ckpt renamed): download or "
+                      "save it again")
+
+
+def read_safetensors(path: str, expected: str = ROUTER_FILE) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, raw metadata) of a safetensors file; a damaged file raises a ValueError that names it
+    (`unreadable_file`)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except UNREADABLE_FILE_ERRORS as exc:
+        raise unreadable_file(path, exc, expected) from exc
+
+
+def read_safetensors_header(path: str, expected: str = ROUTER_FILE) -> tuple[list[str], dict[str, str]]:
+    """(tensor names, raw metadata) of a safetensors file without reading its tensors; errors as `read_safetensors`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return list(f.keys()), f.metadata() or {}
+    except UNREADABLE_FILE_ERRORS as exc:
+        raise unreadable_file(path, exc, expected) from exc
 
 
 @dataclass
@@ -117,11 +175,8 @@ class RouterSet:
 
     @classmethod
     def load(cls, path: str) -> "RouterSet":
-        from safetensors import safe_open
-
-        with safe_open(path, framework="pt") as f:
-            raw_meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
+        sd, raw_meta = read_safetensors(path, "a MoGA router file (safetensors: blocks.N.router.weight/bias with "
+                                              "moga_format_version metadata)")
         if "moga_format_version" not in raw_meta:
             raise ValueError(f"{path} is not a MoGA router file (no 'moga_format_version' metadata); if it is a "
                              "diffusion model with router keys, load it as a MoGA checkpoint")

@@ -7,9 +7,10 @@ import torch
 from comfy_api.latest import io
 
 from .shot_attention import shot_hook_group
-from .shots import parse_shots, plan_shots, with_tokens
+from .shots import check_shots_text, parse_shots, plan_shots, with_tokens
 from .types import MogaShots
 
+FPS_MIN, FPS_MAX = 1.0, 120.0
 EXAMPLE = ("3s | A red-haired woman in a green coat walks into a rainy cafe, wide shot\n"
            "2s | Close-up of her face as she smiles at the barista\n"
            "3s | The barista, an old man with a grey beard, hands her a cup of coffee")
@@ -76,7 +77,7 @@ class MoGAMultiShotPrompt(io.ComfyNode):
                                         "(4 frames) and reported."),
                 io.String.Input("global_prompt", multiline=True, default="",
                                 tooltip="Seen by every shot: characters, style, setting that stay the same."),
-                io.Float.Input("fps", default=16.0, min=1.0, max=120.0, step=1.0,
+                io.Float.Input("fps", default=16.0, min=FPS_MIN, max=FPS_MAX, step=1.0,
                                tooltip="Frames per second of the video (Wan: 16, HunyuanVideo: 24)."),
             ],
             outputs=[
@@ -86,6 +87,21 @@ class MoGAMultiShotPrompt(io.ComfyNode):
                 io.String.Output(display_name="plan", tooltip="Frames, latent frames and cut positions per shot."),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, shots=None, fps=None):
+        """When the prompt is queued, before any model loads or text encodes: the shot text and the frame rate, as
+        far as they are literals (a linked input arrives as None here and is checked when the node runs)."""
+        if fps is not None:
+            # naming fps here turns ComfyUI's own min/max check off for it: the same bounds, checked here
+            if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not FPS_MIN <= fps <= FPS_MAX:
+                return f"fps must be between {FPS_MIN:g} and {FPS_MAX:g}, got {fps!r}"
+        if shots is not None:
+            try:
+                check_shots_text(shots, None if fps is None else float(fps))
+            except ValueError as exc:
+                return f"shots: {exc}"
+        return True
 
     @classmethod
     def execute(cls, clip, shots: str, global_prompt: str, fps: float) -> io.NodeOutput:

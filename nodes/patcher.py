@@ -48,7 +48,7 @@ from .shots import ShotPlan, frame_shots, text_keep_table
 RANDOM_SEED = 0  # grouping "random": block i's partition is RandomGroups(M, seed=RANDOM_SEED + i)
 
 log = logging.getLogger("moga")
-DENSE_BY_COST = "groups too unequal to pay off"  # the estimate said the sparse layer would not beat dense
+DENSE_BY_COST = "groups too unequal to pay off"  # the estimate said the sparse layer would not beat dense (old reason)
 
 
 def summarize_run(stats: dict | None) -> str:
@@ -472,7 +472,8 @@ class MogaPatch(BlockPatch):
         largest = float((sizes.max(1).values / sizes.sum(1)).mean())
         with self._lock:
             if call["path"] == "dense":  # computed densely inside moga_attention (union mode's M = 1 case)
-                self.stats["dense"][DENSE_BY_COST] += 1
+                # why moga_core ran it dense: one group, the cost at this length, or unequal groups
+                self.stats["dense"][call.get("dense_reason") or DENSE_BY_COST] += 1
             else:
                 self.stats["sparse_calls"][(route.key.block_type, route.key.block_index)] += 1
                 self.stats["density_sum"] += call["density"]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import pickle
 import re
 
 import folder_paths
 
-from ..moga_core.routers import RouterSet, routers_from_split, split_checkpoint
+from ..moga_core.routers import (ROUTER_FILE, UNREADABLE_FILE_ERRORS, RouterSet, read_safetensors_header,
+                                 routers_from_split, split_checkpoint, unreadable_file)
 
 FOLDER = "moga"
 
@@ -75,19 +77,25 @@ def routers_from_checkpoint(sd: dict, name: str) -> tuple[dict, RouterSet | None
                                extra={"loaded_from": os.path.basename(name)})
 
 
+def read_safetensors_file(path: str, expected: str, return_metadata: bool = False):
+    """``comfy.utils.load_torch_file`` (ComfyUI's own reading: mmap, dynamic VRAM's file slices), with an error that
+    names the file and what was expected when it is damaged (safetensors alone says "Error while deserializing
+    header: header too large" and no name)."""
+    import comfy.utils
+
+    try:
+        return comfy.utils.load_torch_file(path, return_metadata=return_metadata)
+    except UNREADABLE_FILE_ERRORS + (pickle.UnpicklingError,) as exc:
+        raise unreadable_file(path, exc, expected) from exc
+
+
 def load_router_file(path: str) -> RouterSet:
     """A router file, or the routers of a full MoGA checkpoint (split out of the model weights)."""
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-        keys = list(f.keys())
+    keys, meta = read_safetensors_header(path, ROUTER_FILE)
     if "moga_format_version" in meta:
         return RouterSet.load(path)
     if any("router" in k for k in keys):
-        import comfy.utils
-
-        sd = comfy.utils.load_torch_file(path)
+        sd = read_safetensors_file(path, ROUTER_FILE)
         _, routers = routers_from_checkpoint(sd, path)
         if routers is not None:
             return routers

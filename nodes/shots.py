@@ -102,20 +102,38 @@ def parse_shots(text: str, fps: float) -> list[ShotSpec]:
         raise ValueError(f"shots must be text, got {type(text).__name__}")
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
+    return [_spec(index, prompt, value, unit, fps) for index, prompt, value, unit in _shot_items(text)]
+
+
+def check_shots_text(text: str, fps: float | None = None) -> None:
+    """Raise the `ValueError` that `parse_shots` and `plan_shots` would raise for ``text`` at ``fps``; with ``fps``
+    None (not known yet, e.g. a linked input) only what holds at every frame rate: the syntax, the prompts and the
+    durations as numbers (a duration in seconds becomes frames only with the frame rate)."""
+    if fps is not None:
+        plan_shots(parse_shots(text, fps), fps)
+        return
+    for index, prompt, value, unit in _shot_items(text):
+        _duration(index, prompt, value, unit)
+
+
+def _shot_items(text: str) -> list[tuple[int, str, object, str]]:
+    """(shot number, prompt, duration as given, unit "s" or "f") per shot; syntax errors raise."""
+    if not isinstance(text, str):
+        raise ValueError(f"shots must be text, got {type(text).__name__}")
     stripped = text.strip()
-    specs: list[ShotSpec] = []
+    items: list[tuple[int, str, object, str]] = []
     if stripped.startswith("["):
         try:
-            items = json.loads(stripped)
+            parsed = json.loads(stripped)
         except json.JSONDecodeError as exc:
             raise ValueError(f"shots look like JSON but do not parse: {exc}") from None
-        for i, item in enumerate(items, 1):
+        for i, item in enumerate(parsed, 1):
             if not isinstance(item, dict) or "prompt" not in item:
                 raise ValueError(f"shot {i}: expected an object with 'prompt' and 'seconds' or 'frames', got {item!r}")
             if "frames" in item:
-                specs.append(_spec(i, str(item["prompt"]), item["frames"], "f", fps))
+                items.append((i, str(item["prompt"]), item["frames"], "f"))
             elif "seconds" in item:
-                specs.append(_spec(i, str(item["prompt"]), item["seconds"], "s", fps))
+                items.append((i, str(item["prompt"]), item["seconds"], "s"))
             else:
                 raise ValueError(f"shot {i}: give its duration as 'seconds' or 'frames'")
     else:
@@ -130,13 +148,14 @@ def parse_shots(text: str, fps: float) -> list[ShotSpec]:
                 raise ValueError(f"line {line_no}: expected 'duration | prompt' such as '3s | a cat on a roof' or "
                                  f"'33f | ...', got {raw.strip()!r}")
             unit = (m.group("unit") or "s").lower()[0]
-            specs.append(_spec(number, m.group("prompt"), float(m.group("num")), unit, fps))
-    if not specs:
+            items.append((number, m.group("prompt"), float(m.group("num")), unit))
+    if not items:
         raise ValueError("no shots: write one shot per line as 'duration | prompt', e.g. '3s | a cat on a roof'")
-    return specs
+    return items
 
 
-def _spec(index: int, prompt: str, value, unit: str, fps: float) -> ShotSpec:
+def _duration(index: int, prompt: str, value, unit: str) -> tuple[str, float]:
+    """(prompt, duration) checked as far as no frame rate is needed."""
     prompt = prompt.strip()
     if not prompt:
         raise ValueError(f"shot {index}: the prompt is empty")
@@ -146,14 +165,22 @@ def _spec(index: int, prompt: str, value, unit: str, fps: float) -> ShotSpec:
         raise ValueError(f"shot {index}: duration {value!r} is not a number") from None
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"shot {index}: duration must be positive, got {value:g}{unit}")
-    frames = value if unit == "f" else value * fps
-    if frames > MAX_FRAMES:
-        raise ValueError(f"shot {index}: {value:g}{unit} is longer than a whole video may be ({MAX_FRAMES} frames, "
-                         "the long-video sampler's limit)")
     if unit == "f":
+        if value > MAX_FRAMES:
+            raise ValueError(f"shot {index}: {value:g}{unit} is longer than a whole video may be ({MAX_FRAMES} "
+                             "frames, the long-video sampler's limit)")
         if value != int(value):
             raise ValueError(f"shot {index}: a frame count must be whole, got {value:g}f")
+    return prompt, value
+
+
+def _spec(index: int, prompt: str, value, unit: str, fps: float) -> ShotSpec:
+    prompt, value = _duration(index, prompt, value, unit)
+    if unit == "f":
         return ShotSpec(prompt, int(value))
+    if value * fps > MAX_FRAMES:
+        raise ValueError(f"shot {index}: {value:g}{unit} is longer than a whole video may be ({MAX_FRAMES} frames, "
+                         "the long-video sampler's limit)")
     frames = int(round(value * fps))
     if frames < 1:
         raise ValueError(f"shot {index}: {value:g}s at {fps:g} fps is less than one frame")
@@ -221,5 +248,5 @@ def text_keep_table(plan: ShotPlan, shots_of_frames: list[int]) -> list[list[boo
     return table
 
 
-__all__ = ["ShotSpec", "ShotPlan", "parse_shots", "plan_shots", "with_tokens", "frame_shots", "text_keep_table",
-           "TEMPORAL_STRIDE"]
+__all__ = ["ShotSpec", "ShotPlan", "parse_shots", "check_shots_text", "plan_shots", "with_tokens", "frame_shots",
+           "text_keep_table", "TEMPORAL_STRIDE"]

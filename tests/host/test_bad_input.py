@@ -143,3 +143,57 @@ def test_fuzzed_router_names_to_load_are_found_or_refused(moga, models_dir):
         for node in (loader, model_loader):
             verdict = node.validate_inputs(router_name=name)
             assert verdict is not True and "models/moga" in verdict, (node, name)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_damaged_file_is_named_with_what_was_expected(moga, models_dir, damage):
+    """safetensors alone says "Error while deserializing header: header too large" and no file name: the loaders
+    name the file, say what it should have been, and what to do."""
+    import folder_paths
+    import torch
+    from safetensors.torch import save_file
+
+    import tiny_models as tm
+
+    def damaged(path, good):
+        data = path.read_bytes() if good else b""
+        if damage == "truncated":
+            path.write_bytes(data[:len(data) // 2])
+        elif damage == "garbage":
+            path.write_bytes(b"<!DOCTYPE html><html><body>404 Not Found</body></html>\n" * 4)
+        else:
+            path.write_bytes(b"")
+
+    router_path = models_dir / "moga" / "broken_router.safetensors"
+    routers = moga.routers.RouterSet({0: moga.core.Router.from_weights(torch.randn(3, 256), torch.randn(3))},
+                                     "wan", 256, 2)
+    routers.save(str(router_path))
+    damaged(router_path, True)
+    model_path = models_dir / "diffusion_models" / "broken_model.safetensors"
+    save_file(tm.wan_state_dict(), str(model_path))
+    damaged(model_path, True)
+    save_file(tm.wan_state_dict(), str(models_dir / "diffusion_models" / "plain.safetensors"))
+    folder_paths.filename_list_cache.clear()
+
+    def check(exc_info, path, expected):
+        message = str(exc_info.value)
+        assert str(path) in message and expected in message and "download or save it again" in message, message
+
+    with pytest.raises(ValueError) as exc_info:
+        moga.NODES["MoGALoadRouter"].execute(router_name="broken_router.safetensors")
+    check(exc_info, router_path, "expected a MoGA router file")
+    with pytest.raises(ValueError) as exc_info:
+        moga.routers.RouterSet.load(str(router_path))
+    check(exc_info, router_path, "expected a MoGA router file")
+    options = dict(combine="router default", windows_h=2, windows_w=2, temporal_group=2, neighbor_frames=1,
+                   frame_branch=True, balanced=False, start_percent=0.0, end_percent=1.0, dense_blocks="",
+                   min_tokens=0, backend="auto", capacity=1.25, dense_if_slower=False, auto_groups=5,
+                   second_group=False, grouping="random (balanced)")
+    with pytest.raises(ValueError) as exc_info:
+        moga.NODES["MoGALoadModel"].execute(unet_name="plain.safetensors", weight_dtype="default",
+                                            router_name="broken_router.safetensors", **options)
+    check(exc_info, router_path, "expected a MoGA router file")
+    with pytest.raises(ValueError) as exc_info:
+        moga.NODES["MoGALoadModel"].execute(unet_name="broken_model.safetensors", weight_dtype="default",
+                                            router_name=moga.load_model.FILE_OR_GROUPING, **options)
+    check(exc_info, model_path, "expected a Wan or HunyuanVideo diffusion model")

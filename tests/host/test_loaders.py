@@ -46,11 +46,18 @@ def test_moga_checkpoint_loads_like_unet_loader_plus_router_plus_apply(moga, mod
     routers.save(str(models_dir / "moga" / "tiny_router.safetensors"))
 
     with caplog.at_level(logging.WARNING):
-        one_node, loaded_routers = moga.NODES["MoGALoadModel"].execute(
+        result = moga.NODES["MoGALoadModel"].execute(
             unet_name="tiny_moga.safetensors", weight_dtype="default",
-            router_name="(routers inside the model file)", **OPTIONS).args
+            router_name=moga.load_model.FILE_OR_GROUPING, **OPTIONS)
+    one_node, loaded_routers = result.args
     assert not [r for r in caplog.records if "router" in r.getMessage()], "router keys must not be reported"
     assert loaded_routers.source == "trained" and loaded_routers.combine == "mean"
+    assert "the routers inside tiny_moga.safetensors" in result.ui["text"][0]
+    # a prompt saved before: the old default's string reads the file's routers too
+    legacy_routers = moga.NODES["MoGALoadModel"].execute(
+        unet_name="tiny_moga.safetensors", weight_dtype="default", router_name="(routers inside the model file)",
+        **OPTIONS).args[1]
+    assert torch.equal(legacy_routers.routers[0].weight, loaded_routers.routers[0].weight)
 
     unet = nodes.UNETLoader().load_unet("tiny_wan.safetensors", "default")[0]
     router = moga.NODES["MoGALoadRouter"].execute(router_name="tiny_router.safetensors").args[0]
@@ -65,11 +72,88 @@ def test_moga_checkpoint_loads_like_unet_loader_plus_router_plus_apply(moga, mod
     assert torch.equal(sample(via_file), a)
 
 
-def test_model_without_routers_needs_a_router_file(moga, models_dir):
+RANDOM = "random (balanced)"  # the grouping input's default (OPTIONS, like a prompt saved before it, has none)
+
+
+def test_default_router_choice_works_on_a_stock_model_and_says_what_it_did(moga, models_dir, caplog):
+    """No MoGA checkpoint exists yet: the default router_name on a stock file groups as the grouping input says
+    (random balanced groups by default), and the node's text and the log say so. Prompts saved before this default
+    pass the old strings, which keep working."""
     save_file(tm.wan_state_dict(), str(models_dir / "diffusion_models" / "plain.safetensors"))
-    with pytest.raises(ValueError, match="has no router weights; choose a router file"):
-        moga.NODES["MoGALoadModel"].execute(unet_name="plain.safetensors", weight_dtype="default",
-                                            router_name="(routers inside the model file)", **OPTIONS)
+    node = moga.NODES["MoGALoadModel"]
+    schema = node.define_schema()
+    router_input = next(i for i in schema.inputs if i.id == "router_name")
+    assert router_input.default == moga.load_model.FILE_OR_GROUPING
+    old_strings = ["(routers inside the model file)", "(none: groups as the grouping input says)",
+                   "(auto: fitted to each video)"]
+    for choice in [router_input.default] + old_strings:
+        assert node.validate_inputs(router_name=choice) is True, choice
+
+    with caplog.at_level(logging.INFO, logger="moga"):
+        result = node.execute(unet_name="plain.safetensors", weight_dtype="default",
+                              router_name=router_input.default, **dict(OPTIONS, auto_groups=3, grouping=RANDOM))
+    model, routers = result.args
+    patch = moga.wiring.patch_of(model)
+    assert routers is None and patch.random is not None and patch.auto is None and patch.cfg.num_groups == 3
+    text = result.ui["text"][0]
+    assert "plain.safetensors has no MoGA routers" in text and "3 random balanced groups per block" in text
+    assert any(text in r.getMessage() for r in caplog.records)
+    sample(model)
+    assert sum(patch.last_run_stats["sparse_calls"].values()) > 0
+
+    # the old default string (saved prompts, the UI's saved widgets) now does the same instead of refusing
+    legacy = node.execute(unet_name="plain.safetensors", weight_dtype="default",
+                          router_name="(routers inside the model file)",
+                          **dict(OPTIONS, auto_groups=3, grouping=RANDOM))
+    assert legacy.args[1] is None and moga.wiring.patch_of(legacy.args[0]).random is not None
+    assert legacy.ui["text"] == result.ui["text"]
+    # grouping "k-means on this video" is followed too
+    kmeans = node.execute(unet_name="plain.safetensors", weight_dtype="default", router_name=router_input.default,
+                          **dict(OPTIONS, start_percent=0.5, grouping="k-means on this video"))
+    assert moga.wiring.patch_of(kmeans.args[0]).auto is not None and "k-means" in kmeans.ui["text"][0]
+
+
+def test_loader_patcher_can_rebuild_itself_for_a_non_dynamic_delegate(moga, models_dir):
+    """ComfyUI with dynamic VRAM swaps in a delegate built by ``cached_patcher_init[0](*args, disable_dynamic=True)``
+    when a conditioning carries hooks; the loader's patcher (the MoGA-patched clone it returns) carries one that
+    reloads the same file without its router keys, with the same weight dtype."""
+    import inspect
+
+    import comfy.model_patcher
+    import comfy.sd
+
+    model_sd = tm.wan_state_dict(seed=6)
+    checkpoint = dict(model_sd)
+    for key, tensor in trained_routers(moga).state_dict().items():
+        index, rest = key.split(".")[1], key.split(".", 2)[2]
+        checkpoint[f"blocks.{index}.self_attn.{rest}"] = tensor
+    save_file(checkpoint, str(models_dir / "diffusion_models" / "tiny_moga.safetensors"))
+    assert "disable_dynamic" in inspect.signature(comfy.sd.load_diffusion_model_state_dict).parameters
+
+    for weight_dtype, dtype in (("default", None), ("fp8_e4m3fn", torch.float8_e4m3fn)):
+        patched, routers = moga.NODES["MoGALoadModel"].execute(
+            unet_name="tiny_moga.safetensors", weight_dtype=weight_dtype,
+            router_name=moga.load_model.FILE_OR_GROUPING, **OPTIONS).args
+        assert routers is not None and moga.wiring.patch_of(patched) is not None
+        assert patched.cached_patcher_init is not None
+        fn, args = patched.cached_patcher_init[:2]
+        assert fn is moga.load_model.reload_diffusion_model
+        fresh = fn(*args, disable_dynamic=True)
+        assert type(fresh) is comfy.model_patcher.ModelPatcher  # plain: not dynamic, not a subclass
+        assert type(fresh.model) is type(patched.model) and fresh.model is not patched.model
+        assert moga.wiring.patch_of(fresh) is None  # the loader's own file, unpatched: the patch rides on clones
+        ours, theirs = patched.model.diffusion_model.state_dict(), fresh.model.diffusion_model.state_dict()
+        assert not [k for k in theirs if "router" in k]
+        assert sorted(ours) == sorted(theirs)
+        for key in ours:
+            assert ours[key].dtype == theirs[key].dtype and torch.equal(ours[key].float(), theirs[key].float()), key
+        if dtype is not None:
+            assert theirs["blocks.0.self_attn.q.weight"].dtype == dtype
+        # the delegate rebuilds itself the same way, and ComfyUI's clone keeps the factory
+        assert fresh.cached_patcher_init == patched.cached_patcher_init
+        assert patched.clone().cached_patcher_init == patched.cached_patcher_init
+        # the multi-GPU deep clone calls it without the keyword
+        assert isinstance(fn(*args), comfy.model_patcher.ModelPatcher)
 
 
 def test_model_loader_can_fit_routers_to_each_video(moga, models_dir):

@@ -355,3 +355,58 @@ def test_guider_plugs_into_sampler_custom_advanced(moga):
     with pytest.raises(ValueError, match="the latent has 5 latent frames but the shot plan needs 7"):
         SamplerCustomAdvanced.execute(RandomNoise.execute(3)[0], guider, KSamplerSelect.execute("euler")[0],
                                       sigmas, wrong)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checked when the prompt is queued
+
+
+def multishot_prompt(shots_text, fps=16.0, clip_file="umt5_xxl_fp8_e4m3fn_scaled.safetensors"):
+    """An API prompt: CLIPLoader -> MoGA Multi-Shot Prompt -> Preview Any (an output node, so validation reaches it)."""
+    return {
+        "1": {"class_type": "CLIPLoader", "inputs": {"clip_name": clip_file, "type": "wan", "device": "default"}},
+        "2": {"class_type": "MoGAMultiShotPrompt",
+              "inputs": {"clip": ["1", 0], "shots": shots_text, "global_prompt": "", "fps": fps}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 3]}},
+    }
+
+
+def multishot_errors(prompt):
+    from devtools.workflow_graph import validate_api_prompt
+
+    ok, _error, _outputs, node_errors = validate_api_prompt(prompt)
+    return ok, [e.get("details", "") for e in node_errors.get("2", {}).get("errors", [])]
+
+
+@pytest.mark.parametrize("text, fps, message", [
+    ("3s | a cat\nthree seconds | a dog", 16.0, "line 2: expected 'duration | prompt'"),
+    ("3s | a cat\n2s | ", 16.0, "shot 2: the prompt is empty"),
+    ("", 16.0, "no shots"),
+    ("1f | a\n2f | b\n2f | c", 16.0, "3 shots do not fit in 2 latent frames"),
+    ("0.01s | a", 16.0, "less than one frame"),
+    ("3s | a cat", 0.5, "fps must be between 1 and 120"),
+    ("3s | a cat", 500, "fps must be between 1 and 120"),
+])
+def test_bad_shot_text_is_refused_when_the_prompt_is_queued(moga, text, fps, message):
+    """execution.validate_prompt (what the server runs on /prompt) refuses bad shots before any model loads or
+    text encodes, with the parser's own message on the node."""
+    ok, errors = multishot_errors(multishot_prompt(text, fps))
+    assert not ok
+    assert any(message in e for e in errors), errors
+
+
+def test_good_shot_text_passes_and_linked_inputs_wait_for_the_run(moga):
+    # good shots: the only error left in the graph is the absent text-encoder file (CLIPLoader's, not ours)
+    ok, errors = multishot_errors(multishot_prompt("3s | a cat\n33f | a dog"))
+    assert errors == []
+    # fps from another node: only what holds at every frame rate is checked ("0.01s" may be a frame at 120 fps)
+    prompt = multishot_prompt("0.01s | a cat")
+    prompt["4"] = {"class_type": "PrimitiveFloat", "inputs": {"value": 120.0}}
+    prompt["2"]["inputs"]["fps"] = ["4", 0]
+    assert multishot_errors(prompt)[1] == []
+    prompt["2"]["inputs"]["shots"] = "0.01s | a cat\nnot a shot"
+    assert any("line 2: expected 'duration | prompt'" in e for e in multishot_errors(prompt)[1])
+    # the shots text from another node is checked when the node runs
+    prompt["5"] = {"class_type": "PrimitiveStringMultiline", "inputs": {"value": "nonsense"}}
+    prompt["2"]["inputs"]["shots"] = ["5", 0]
+    assert multishot_errors(prompt)[1] == []
