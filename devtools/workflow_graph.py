@@ -22,7 +22,9 @@ Public helpers
 ``find_link_problems`` / ``validate_links(workflow, schemas)``
     Type-check every link of a UI workflow.
 ``validate_api_prompt(prompt)`` / ``run_api_prompt(prompt)``
-    Validate, or validate-and-execute, an API prompt in this process.
+    Validate, or validate-and-execute, an API prompt in this process
+    (``PromptExecutor`` with classic caching; ``ClassicCacheArgs`` gives it
+    cache arguments any ComfyUI version accepts).
 
 ``widget_layout(info, node, value_at)``
     The widgets the frontend creates for a node, in ``widgets_values`` order
@@ -49,6 +51,7 @@ from typing import Any, Callable, Optional
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "ClassicCacheArgs",
     "ComfyUINotFound",
     "PromptRunResult",
     "StubServer",
@@ -499,11 +502,13 @@ class WidgetSlot:
     ``kind`` is ``"value"`` (sent to the backend as input ``name``),
     ``"control"`` (control_after_generate), ``"filter"`` (combo filter list),
     ``"legacy"`` (a forceInput widget kept by old frontends) or ``"ui"``.
+    ``optional``: the widget's input is in the schema's ``optional`` section.
     """
 
     name: str
     kind: str
     spec: Any = None
+    optional: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -556,9 +561,10 @@ def widget_layout(info: dict, node: dict, value_at: Callable[[int, str], Any],
     slots: list[WidgetSlot] = []
     ui_input_names = [str(i.get("name")) for i in node.get("inputs") or [] if isinstance(i, dict)]
 
-    def visit(inputs: list[tuple[str, Any, bool]], prefix: str) -> None:
-        for raw_name, spec, _optional in inputs:
+    def visit(inputs: list[tuple[str, Any, bool]], prefix: str, parent_optional: bool = False) -> None:
+        for raw_name, spec, optional in inputs:
             name = prefix + raw_name
+            optional = optional or parent_optional
             typ, opts = spec_type(spec), spec_options(spec)
             if typ == AUTOGROW:
                 template = (opts.get("template") or {}).get("input") or {}
@@ -566,7 +572,7 @@ def widget_layout(info: dict, node: dict, value_at: Callable[[int, str], Any],
                 if len(tspecs) == 1 and spec_type(tspecs[0]) in VALUE_WIDGET_TYPES:
                     for ui_name in ui_input_names:
                         if ui_name.startswith(name + "."):
-                            slots.append(WidgetSlot(ui_name, "value", tspecs[0]))
+                            slots.append(WidgetSlot(ui_name, "value", tspecs[0], optional))
                 continue
             if typ == MATCHTYPE:
                 continue
@@ -584,14 +590,14 @@ def widget_layout(info: dict, node: dict, value_at: Callable[[int, str], Any],
                     if has_control_widget(name, typ, opts):
                         slots.append(WidgetSlot(name, "control"))
                 continue
-            slots.append(WidgetSlot(name, "value", spec))
+            slots.append(WidgetSlot(name, "value", spec, optional))
             if typ == DYNAMIC_COMBO:
                 chosen = value_at(len(slots) - 1, name)
                 if chosen is None:
                     chosen = default_widget_value(spec)
                 for option in opts.get("options") or []:
                     if str(option.get("key")) == str(chosen):
-                        visit(ordered_inputs(option.get("inputs") or {}), name + ".")
+                        visit(ordered_inputs(option.get("inputs") or {}), name + ".", optional)
                         break
                 continue
             remote = opts.get("remote")
@@ -624,24 +630,59 @@ def _describe(node: dict, exec_id: Optional[str] = None) -> str:
     return f"{label} ({title!r})" if title and title != node.get("type") else label
 
 
+def _missing_widget_values(node: dict, exec_id: str, missing: list[WidgetSlot], strict: bool,
+                           why: str) -> dict[str, Any]:
+    """Values for value widgets a saved workflow has no entry for.
+
+    Such widgets were usually added to the node after the workflow was saved (CreateVideo's ``bit_depth``, say).
+    The frontend keeps what a freshly created widget holds, i.e. the input's default, and so does this function,
+    logging a warning. With ``strict`` only a *declared* default is used: an optional input without one is left
+    out of the prompt (the node then applies its own default, as for any optional input not given), and a
+    required one raises :class:`ValueError` naming the widget.
+    """
+    out: dict[str, Any] = {}
+    filled: list[str] = []
+    undefined: list[str] = []
+    for slot in missing:
+        opts = spec_options(slot.spec)
+        if "default" in opts or not strict:
+            out[slot.name] = default_widget_value(slot.spec)
+            filled.append(f"{slot.name}={out[slot.name]!r}")
+        elif not slot.optional:
+            undefined.append(slot.name)
+    if undefined:
+        raise ValueError(f"widget count mismatch: node {_describe(node, exec_id)}: {why}, and the required "
+                         f"widget(s) {undefined} declare no default to fill in")
+    if filled:
+        log.warning("node %s: %s; using the default of %s (as the frontend does for widgets added to a node "
+                    "after the workflow was saved)", _describe(node, exec_id), why, ", ".join(filled))
+    return out
+
+
 def _map_widget_values(node: dict, info: dict, exec_id: str, strict: bool) -> dict[str, Any]:
-    """Turn ``widgets_values`` into ``{input_name: value}`` for ``node``."""
+    """Turn ``widgets_values`` into ``{input_name: value}`` for ``node``.
+
+    Values the saved list does not reach get the input's default (see :func:`_missing_widget_values`); more
+    values than the node has widgets is an error, except for the display-only widgets frontend extensions add.
+    """
     saved = node.get("widgets_values")
 
     if isinstance(saved, dict):
         # Some (mostly V3/custom) nodes save a name -> value mapping.
         layout = widget_layout(info, node, lambda _pos, name: saved.get(name), LayoutVariant())
         out: dict[str, Any] = {}
+        missing: list[WidgetSlot] = []
         for slot in layout:
             if slot.kind != "value":
                 continue
             if slot.name in saved:
                 out[slot.name] = saved[slot.name]
-            elif strict:
-                raise ValueError(f"node {_describe(node, exec_id)}: widgets_values has no entry "
-                                 f"for widget {slot.name!r}")
             else:
-                out[slot.name] = default_widget_value(slot.spec)
+                missing.append(slot)
+        if missing:
+            out.update(_missing_widget_values(
+                node, exec_id, missing, strict,
+                f"widgets_values has no entry for widget(s) {[slot.name for slot in missing]}"))
         return out
 
     values = list(saved or [])
@@ -667,24 +708,22 @@ def _map_widget_values(node: dict, info: dict, exec_id: str, strict: bool) -> di
         default = layouts[0]
         names = [s.name if s.kind == "value" else f"<{s.kind}:{s.name}>" for s in default]
         shown = [v if not isinstance(v, str) or len(v) <= 40 else v[:37] + "..." for v in values]
-        problem = (f"node {_describe(node, exec_id)}: {len(values)} widgets_values for "
-                   f"{len(default)} widgets {names}; values={shown!r}")
-        if len(values) > len(default) or strict:
-            raise ValueError("widget count mismatch: " + problem)
-        # The frontend keeps default values for widgets the saved list does
-        # not reach (typically inputs added to the node after it was saved).
-        log.warning("widget count mismatch, using defaults for the missing ones: %s", problem)
+        detail = f"{len(values)} widgets_values for {len(default)} widgets {names}; values={shown!r}"
+        if len(values) > len(default):
+            raise ValueError(f"widget count mismatch: node {_describe(node, exec_id)}: {detail}")
+        # Fewer values than widgets: the saved list ends early (typically inputs added to the node after the
+        # workflow was saved); the widgets it does not reach keep their defaults, as in the frontend.
         chosen = default
+        missing = [slot for slot in chosen[len(values):] if slot.kind == "value"]
+        filled = _missing_widget_values(node, exec_id, missing, strict, detail)
+    else:
+        filled = {}
 
     out = {}
-    for pos, slot in enumerate(chosen):
-        if slot.kind != "value":
-            continue
-        if pos < len(values):
-            value = values[pos]
-        else:
-            value = default_widget_value(slot.spec)
-        out[slot.name] = value
+    for pos, slot in enumerate(chosen[:len(values)]):
+        if slot.kind == "value":
+            out[slot.name] = values[pos]
+    out.update(filled)
     return out
 
 
@@ -1018,10 +1057,14 @@ def ui_to_api(workflow: dict, schemas: dict, *, strict: bool = False) -> dict:
       a PrimitiveNode's value is written into the inputs it feeds.
     * Subgraph nodes are expanded; inner nodes get ids ``"<outer>:<inner>"``.
 
-    With ``strict=False`` (the frontend's behaviour) a node that saved fewer
-    widget values than it now has widgets gets defaults for the rest (a
-    warning is logged); ``strict=True`` raises instead.  Unknown node types,
-    dangling links and surplus widget values always raise :class:`ValueError`.
+    A node that saved fewer widget values than it now has widgets (a workflow
+    saved before the node gained an input) gets the inputs' defaults for the
+    rest, as in the frontend, and a warning is logged.  With ``strict=False``
+    (the frontend's behaviour) an input without a declared default gets what
+    a fresh widget holds (0, "", the first option); ``strict=True`` uses only
+    declared defaults, leaves out optional inputs without one and raises for
+    required ones.  Unknown node types, dangling links and surplus widget
+    values always raise :class:`ValueError`.
     """
     resolver = _Resolver(workflow)
     prompt: dict[str, dict] = {}
@@ -1212,6 +1255,27 @@ class PromptRunResult:
         return iter((self.success, self.outputs, self.errors))
 
 
+class ClassicCacheArgs(dict):
+    """``cache_args`` for an in-process ``PromptExecutor`` with classic caching, on any ComfyUI version.
+
+    ``PromptExecutor`` reads its cache arguments by key (``cache_args["ram"]``), and ComfyUI adds keys now and then
+    (``"lru"`` and ``"ram"`` in v0.19, ``"ram_inactive"`` by v0.27), each filled in by its own ``main.py``. Every
+    one so far is a cache size or a RAM headroom in GiB for which 0 means "none", which is what classic caching
+    (keep the last run's outputs, nothing else) means too; so a key this module does not set reads as 0 instead
+    of raising ``KeyError``. The keys read that way are recorded in :attr:`defaulted`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.defaulted: set = set()
+
+    def __missing__(self, key: Any) -> int:
+        if key not in self.defaulted:
+            log.debug("PromptExecutor read cache argument %r, which run_api_prompt does not set: 0", key)
+            self.defaulted.add(key)
+        return 0
+
+
 def validate_api_prompt(prompt: dict, prompt_id: Optional[str] = None):
     """Run ``execution.validate_prompt`` synchronously.
 
@@ -1256,7 +1320,7 @@ def run_api_prompt(prompt: dict, *, prompt_id: Optional[str] = None,
     server = StubServer()
     server.last_prompt_id = prompt_id
     executor = execution.PromptExecutor(
-        server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0}
+        server, cache_type=execution.CacheType.CLASSIC, cache_args=ClassicCacheArgs(lru=0, ram=0)
     )
     executor.execute(prompt, prompt_id, dict(extra_data or {}), validation[2])
 

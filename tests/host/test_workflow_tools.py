@@ -306,11 +306,38 @@ def test_template_with_subgraph(schemas):
     # the root SaveImage reads the subgraph output, i.e. the inner VAEDecode
     save = next(v for v in prompt.values() if v["class_type"] == "SaveImage")
     assert prompt[save["inputs"]["images"][0]]["class_type"] == "VAEDecode"
-    # the prompt text is the subgraph node's promoted widget value
-    promoted_text = instance["widgets_values"][0]
-    assert any(v["class_type"] == "CLIPTextEncode" and v["inputs"].get("text") == promoted_text
-               for v in inner.values())
+    # the prompt text is what the subgraph node's promoted "prompt" widget shows, and it reaches the inner
+    # CLIPTextEncode that the subgraph input feeds
+    definition = workflow["definitions"]["subgraphs"][0]
+    target_id, target_name, shown = promoted_widget_value(instance, definition, "text")
+    target = next(n for n in definition["nodes"] if str(n["id"]) == target_id)
+    assert target["type"] == "CLIPTextEncode" and target_name == "text"
+    assert isinstance(shown, str) and shown.strip()
+    assert inner[f"{prefix}{target_id}"]["inputs"]["text"] == shown
     assert unexpected_validation_errors(wt.validate_api_prompt(prompt)) == []
+
+
+def promoted_widget_value(instance, definition, input_name):
+    """``(inner node id, inner input name, value)`` of the widget a subgraph node promotes for ``input_name``.
+
+    The value the frontend shows there, from the saved file as it stands (not through the converter): the
+    instance's own saved value where the file holds one (``widgets_values`` parallel to
+    ``properties.proxyWidgets``, whose entries are ``["-1", input]`` or ``[inner node id, widget]``, as in the
+    workflow templates 0.9), else the inner widget's own value (the templates 0.11 save none on the instance).
+    """
+    slot = next(i for i in definition["inputs"] if i["name"] == input_name)
+    (link_id,) = slot["linkIds"]
+    link = next(l for l in definition["links"] if l["id"] == link_id)
+    target_id = str(link["target_id"])
+    target = next(n for n in definition["nodes"] if str(n["id"]) == target_id)
+    target_name = target["inputs"][link["target_slot"]]["name"]
+    values = instance.get("widgets_values") or []
+    for pos, entry in enumerate((instance.get("properties") or {}).get("proxyWidgets") or []):
+        if tuple(map(str, entry[:2])) in (("-1", input_name), (target_id, target_name)) \
+                and pos < len(values) and values[pos] is not None:
+            return target_id, target_name, values[pos]
+    widget_inputs = [i["name"] for i in target["inputs"] if i.get("widget")]
+    return target_id, target_name, target["widgets_values"][widget_inputs.index(target_name)]
 
 
 # ---------------------------------------------------------------------------
@@ -521,6 +548,15 @@ def test_subgraph_without_promoted_value_uses_inner_widget(schemas):
     assert prompt["10:1"]["inputs"]["width"] == 64
 
 
+def test_subgraph_promoting_an_inner_widget_without_saved_values(schemas):
+    """Newer frontends (the workflow templates 0.11) point proxyWidgets at the inner node's widget and save no
+    value on the instance: the inner node's own value is what the promoted widget shows and what runs."""
+    workflow = _subgraph_workflow(promoted_width=None)
+    workflow["nodes"][0]["properties"]["proxyWidgets"] = [["1", "width"]]
+    prompt = wt.ui_to_api(workflow, schemas, strict=True)
+    assert prompt["10:1"]["inputs"]["width"] == 64
+
+
 def test_muted_subgraph_drops_its_contents(schemas):
     prompt = wt.ui_to_api(_subgraph_workflow(instance_mode=wt.MODE_NEVER), schemas)
     assert set(prompt) == {"20"}
@@ -587,15 +623,85 @@ def test_too_many_widget_values_is_an_error(schemas):
         wt.ui_to_api(wf.build(), schemas)
 
 
-def test_missing_trailing_widget_values(schemas, caplog):
+@pytest.mark.parametrize("strict", [False, True])
+def test_missing_trailing_widget_values_get_their_defaults(schemas, caplog, strict):
+    """Like the frontend, widgets the saved list does not reach keep their defaults, with a warning."""
     wf = UIWorkflow()
     wf.node(1, "EmptyImage", [64, 48], outputs=[("IMAGE", "IMAGE")])
-    with pytest.raises(ValueError, match="widget count mismatch"):
-        wt.ui_to_api(wf.build(), schemas, strict=True)
-    # default: like the frontend, widgets the saved list doesn't reach keep their defaults
-    prompt = wt.ui_to_api(wf.build(), schemas)
-    assert prompt["1"]["inputs"] == {"width": 64, "height": 48, "batch_size": 1, "color": 0}
-    assert "widget count mismatch" in caplog.text
+    prompt = wt.ui_to_api(wf.build(), schemas, strict=strict)
+    defaults = {name: schemas["EmptyImage"]["input"]["required"][name][1]["default"]
+                for name in ("batch_size", "color")}
+    assert prompt["1"]["inputs"] == {"width": 64, "height": 48, **defaults}
+    assert "#1 EmptyImage: 2 widgets_values for 4 widgets" in caplog.text
+    assert "using the default of batch_size=1, color=0" in caplog.text
+
+
+def test_node_that_gained_a_widget_since_the_workflow_was_saved(schemas):
+    """A CreateVideo saved with its fps widget only (before ComfyUI added ``bit_depth``) converts on any ComfyUI:
+    every widget it has now beyond the saved ones holds its default, as the frontend fills it."""
+    wf = UIWorkflow()
+    wf.node(1, "CreateVideo", [24], inputs=[("images", "IMAGE"), ("audio", "AUDIO")],
+            outputs=[("VIDEO", "VIDEO")])
+    info = schemas["CreateVideo"]
+    layout = wt.widget_layout(info, {}, lambda _pos, _name: None, wt.LayoutVariant())
+    assert [slot.name for slot in layout][:1] == ["fps"]
+    expected = {"fps": 24, **{slot.name: wt.spec_options(slot.spec)["default"] for slot in layout[1:]}}
+    for strict in (False, True):
+        assert wt.ui_to_api(wf.build(), schemas, strict=strict)["1"]["inputs"] == expected
+    # the same with a node that does have the newer widget (what ComfyUI v0.27 describes)
+    newer = {"CreateVideo": dict(FAKE_CREATE_VIDEO)}
+    for strict in (False, True):
+        assert wt.ui_to_api(wf.build(), newer, strict=strict)["1"]["inputs"] == {"fps": 24, "bit_depth": 8}
+
+
+FAKE_CREATE_VIDEO = {
+    "input": {
+        "required": {"images": ["IMAGE", {}], "fps": ["FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0}]},
+        "optional": {"audio": ["AUDIO", {}], "bit_depth": ["INT", {"default": 8, "min": 8, "max": 10, "step": 2}]},
+    },
+    "input_order": {"required": ["images", "fps"], "optional": ["audio", "bit_depth"]},
+    "output": ["VIDEO"], "output_name": ["VIDEO"], "output_node": False, "display_name": "Create Video",
+}
+
+FAKE_NO_DEFAULTS = {
+    "FakeCounter": {
+        "input": {
+            "required": {"start": ["INT", {"default": 1}], "count": ["INT", {"min": 0}]},
+            "optional": {"label": ["STRING", {}], "mode": [["a", "b"], {}]},
+        },
+        "input_order": {"required": ["start", "count"], "optional": ["label", "mode"]},
+        "output": ["INT"], "output_name": ["INT"], "output_node": False, "display_name": "Fake counter",
+    }
+}
+
+
+def test_missing_widget_values_without_declared_defaults():
+    """The frontend fills any widget (0, "", the first option); strict mode only fills declared defaults, leaves
+    optional inputs without one out, and says which required widget has no value and no default."""
+    wf = UIWorkflow()
+    wf.node(1, "FakeCounter", [5], outputs=[("INT", "INT")])
+    assert wt.ui_to_api(wf.build(), FAKE_NO_DEFAULTS)["1"]["inputs"] == \
+        {"start": 5, "count": 0, "label": "", "mode": "a"}
+    with pytest.raises(ValueError, match=r"widget count mismatch: node #1 FakeCounter: 1 widgets_values for "
+                                         r"4 widgets.*required widget\(s\) \['count'\] declare no default"):
+        wt.ui_to_api(wf.build(), FAKE_NO_DEFAULTS, strict=True)
+    wf = UIWorkflow()
+    wf.node(1, "FakeCounter", [5, 3], outputs=[("INT", "INT")])
+    assert wt.ui_to_api(wf.build(), FAKE_NO_DEFAULTS, strict=True)["1"]["inputs"] == {"start": 5, "count": 3}
+    wf = UIWorkflow()
+    wf.node(1, "FakeCounter", {"start": 5}, outputs=[("INT", "INT")])  # dict widgets_values: the same rules
+    with pytest.raises(ValueError, match=r"no entry for widget\(s\) \['count', 'label', 'mode'\].*\['count'\]"):
+        wt.ui_to_api(wf.build(), FAKE_NO_DEFAULTS, strict=True)
+    assert wt.ui_to_api(wf.build(), FAKE_NO_DEFAULTS)["1"]["inputs"] == \
+        {"start": 5, "count": 0, "label": "", "mode": "a"}
+
+
+def test_too_many_widget_values_is_an_error_in_both_modes(schemas):
+    wf = UIWorkflow()
+    wf.node(1, "CreateVideo", [24, 8, 8, 8], inputs=[("images", "IMAGE")], outputs=[("VIDEO", "VIDEO")])
+    for strict in (False, True):
+        with pytest.raises(ValueError, match=r"widget count mismatch: node #1 CreateVideo: 4 widgets_values"):
+            wt.ui_to_api(wf.build(), schemas, strict=strict)
 
 
 def test_unknown_node_type(schemas):
@@ -730,6 +836,15 @@ def test_run_converted_workflow(schemas, output_dir):
         assert img.size == (40, 24)
         assert img.getpixel((0, 0))[:3] == (255, 0, 0)  # not inverted: ImageInvert was bypassed
     assert any(event == "execution_success" for event, _data in result.messages)
+
+
+def test_executor_cache_args_read_unknown_keys_as_zero():
+    """PromptExecutor reads cache arguments by key, and ComfyUI adds keys (v0.27: "ram_inactive")."""
+    args = wt.ClassicCacheArgs(lru=0, ram=0)
+    assert args["lru"] == 0 and args["ram"] == 0
+    assert args["ram_inactive"] == 0 and args["some_future_headroom"] == 0
+    assert args.defaulted == {"ram_inactive", "some_future_headroom"}
+    assert args.get("ram", 16.0) == 0 and args.get("unset", 16.0) == 16.0  # .get keeps the caller's default
 
 
 def test_run_reports_validation_errors_without_executing(comfyui):
