@@ -5,7 +5,7 @@ Never imports ComfyUI: diffusers users and researchers can call it on tensors.
     from moga_core import MogaConfig, VideoLayout, Router, moga_attention, reference_attention
 """
 
-from .attention import dense_attention, moga_attention, reference_attention
+from .attention import PlanCache, dense_attention, moga_attention, reference_attention
 from .config import MogaConfig, VideoLayout
 from .distill import distill_routers
 from .parallel import sequence_parallel_moga_attention
@@ -16,6 +16,7 @@ __all__ = [
     "VideoLayout",
     "Router",
     "RandomGroups",
+    "PlanCache",
     "moga_attention",
     "reference_attention",
     "dense_attention",

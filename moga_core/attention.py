@@ -243,6 +243,86 @@ def _counted(flat: torch.Tensor, batch: int, num_groups: int) -> tuple[int, torc
     return int(round(float(flat[0]))), flat[1:].long().view(batch, num_groups)
 
 
+def _tensor_bytes(obj) -> int:
+    """Device bytes held by the tensors of a plan (dataclass fields, dicts/lists of terms), each counted once."""
+    seen: set[int] = set()
+    total = 0
+
+    def visit(x, depth=0):
+        nonlocal total
+        if depth > 4 or x is None:
+            return
+        if torch.is_tensor(x):
+            if id(x) not in seen:
+                seen.add(id(x))
+                total += x.numel() * x.element_size()
+            return
+        if isinstance(x, dict):
+            for value in x.values():
+                visit(value, depth + 1)
+        elif isinstance(x, (list, tuple)):
+            for value in x:
+                visit(value, depth + 1)
+        elif hasattr(x, "__dataclass_fields__"):
+            for name in x.__dataclass_fields__:
+                visit(getattr(x, name, None), depth + 1)
+
+    visit(obj)
+    return total
+
+
+class PlanCache:
+    """The router-dependent structure of calls whose groups are the same on every call (content-free groups:
+    `RandomGroups`), kept for reuse across the steps of one sampling run.
+
+    `moga_attention` stores, per ``(plan_key, layout, cfg, batch, device, path)``: on the block kernel the block plan,
+    the id check and the statistics it read back; on the varlen paths the group terms and the statistics. A hit
+    skips building them and the call's one device-to-host read-back, so a cached call queues its GPU work without
+    waiting for the GPU. The caller promises that equal ``plan_key`` values mean equal ``groups``, ``groups2`` and
+    ``global_keep``.
+
+    Entries are kept until ``max_bytes`` of device memory is held; later ones are not stored (a run visits its blocks
+    in the same order at every step, so evicting the least recently used entry would evict each before its reuse).
+    ``hits`` / ``misses`` / ``skipped`` (not stored: over budget) count lookups since the last `clear`.
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"max_bytes must be an int >= 0 (device bytes the cache may hold), got {max_bytes!r}")
+        self.max_bytes = max_bytes
+        self._entries: dict = {}
+        self.bytes = 0
+        self.hits = self.misses = self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key):
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return entry
+
+    def put(self, key, entry: dict) -> bool:
+        """Store ``entry`` unless that would pass ``max_bytes``; True when stored."""
+        if key in self._entries:
+            return True
+        size = _tensor_bytes(entry)
+        if self.bytes + size > self.max_bytes:
+            self.skipped += 1
+            return False
+        self._entries[key] = entry
+        self.bytes += size
+        return True
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.bytes = 0
+        self.hits = self.misses = self.skipped = 0
+
+
 # Why a union call ran densely under ``dense_fallback`` (``stats["dense_reason"]``; `moga_attention`).
 DENSE_ONE_GROUP = "one group holds every token"  # union with one group is dense attention by definition
 DENSE_AT_LENGTH = "estimated sparse cost not below dense at this length"  # equal groups would not pay off either
@@ -327,7 +407,8 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
                    groups: torch.Tensor | None = None, gate: torch.Tensor | None = None, *,
                    scale: float | None = None, global_keep: torch.Tensor | None = None,
                    stats: dict | None = None, dense_fallback: bool = False,
-                   groups2: torch.Tensor | None = None) -> torch.Tensor:
+                   groups2: torch.Tensor | None = None, plan_cache: PlanCache | None = None,
+                   plan_key=None) -> torch.Tensor:
     """MoGA attention. q, k, v: (B, N, H, D) with N = layout.num_tokens; groups (B, Nv) int; gate (B, Nv).
     ``groups2`` (B, Nv) int: each query's second group, required exactly when ``cfg.second_group`` (union mode):
     the query also attends to that group's keys (each key once; a second group equal to the first adds nothing).
@@ -345,6 +426,10 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
     (estimated time vs dense attention), and on the dense path ``dense_reason``: `DENSE_ONE_GROUP` (every token in
     one group), `DENSE_AT_LENGTH` (not even equal groups would beat dense at this length: short sequences) or
     `DENSE_UNEQUAL` (equal groups would; these are too unequal).
+    ``plan_cache`` and ``plan_key`` (hashable): reuse the group-dependent plan of an earlier call with the same key,
+    layout, config, batch and device (see `PlanCache`; the caller vouches that the key fixes ``groups``,
+    ``groups2`` and ``global_keep``). Not used when autograd needs the call. ``stats["plan_cached"]`` says whether
+    this call reused one.
     """
     groups, gate = _check_inputs(q, k, v, layout, cfg, groups, gate)
     groups2 = _check_groups2(groups2, groups, layout, cfg)
@@ -365,29 +450,39 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
                 if has_glob else None)
 
     counted = None  # (key-set pairs, group sizes (B, M)) read back with the block counts
+    need_grad = torch.is_grad_enabled() and q.requires_grad
+    cache_key = None
+    if plan_cache is not None and plan_key is not None and not need_grad:
+        cache_key = (plan_key, layout, cfg, b, str(q.device), "flex" if block_kernel else "varlen")
+    cached = plan_cache.get(cache_key) if cache_key is not None else None
     if block_kernel:
         # ids are checked at the read-back below, without a sync of their own; until then the plan is built from
         # clamped ids, so a bad id cannot index out of bounds on the device (a CUDA assert would end the process)
-        last = cfg.num_groups - 1
-        safe, safe2 = groups.clamp(0, last), None if groups2 is None else groups2.clamp(0, last)
-        with record_function("moga.block_plan"):
-            plan = build_block_plan(layout, cfg, safe, "union" if union else "group", global_keep,
-                                    need_grad=torch.is_grad_enabled() and q.requires_grad, groups2=safe2)
-        # the one read-back of the call: id check, the cost estimate for the dense fallback, and the statistics
-        # (each extra read-back would stall the host until the GPU drains, and leave the GPU idle after it)
-        ids = groups if groups2 is None else torch.cat([groups, groups2], 1)
-        outside = (ids < 0) | (ids >= cfg.num_groups)
-        parts = [outside.sum(), plan.partial_blocks.sum(), plan.full_blocks.sum()]
-        if stats is not None:
-            parts += _count_parts(layout, cfg, safe, global_keep, safe2)
-        with record_function("moga.readback"):
-            flat = torch.cat([t.reshape(-1).double() for t in parts]).cpu()
-        checks = [int(x) for x in flat[:3].tolist()]
-        if stats is not None:
-            counted = _counted(flat[3:], b, cfg.num_groups)
-        if checks[0]:
-            raise ValueError(f"groups (and groups2) must be ids in [0, {cfg.num_groups}) for num_groups = "
-                             f"{cfg.num_groups}; got {checks[0]} ids outside, e.g. {ids[outside][:5].tolist()}")
+        if cached is not None:  # same groups as an earlier call: its plan, id check and statistics hold
+            plan, checks, counted = cached["plan"], cached["checks"], cached["counted"]
+        else:
+            last = cfg.num_groups - 1
+            safe, safe2 = groups.clamp(0, last), None if groups2 is None else groups2.clamp(0, last)
+            with record_function("moga.block_plan"):
+                plan = build_block_plan(layout, cfg, safe, "union" if union else "group", global_keep,
+                                        need_grad=need_grad, groups2=safe2)
+            # the one read-back of the call: id check, the cost estimate for the dense fallback, and the statistics
+            # (each extra read-back would stall the host until the GPU drains, and leave the GPU idle after it)
+            ids = groups if groups2 is None else torch.cat([groups, groups2], 1)
+            outside = (ids < 0) | (ids >= cfg.num_groups)
+            parts = [outside.sum(), plan.partial_blocks.sum(), plan.full_blocks.sum()]
+            if stats is not None or cache_key is not None:
+                parts += _count_parts(layout, cfg, safe, global_keep, safe2)
+            with record_function("moga.readback"):
+                flat = torch.cat([t.reshape(-1).double() for t in parts]).cpu()
+            checks = [int(x) for x in flat[:3].tolist()]
+            if len(parts) > 3:
+                counted = _counted(flat[3:], b, cfg.num_groups)
+            if checks[0]:
+                raise ValueError(f"groups (and groups2) must be ids in [0, {cfg.num_groups}) for num_groups = "
+                                 f"{cfg.num_groups}; got {checks[0]} ids outside, e.g. {ids[outside][:5].tolist()}")
+            if cache_key is not None:
+                plan_cache.put(cache_key, {"plan": plan, "checks": checks, "counted": counted})
         relative = relative_cost(checks[1], checks[2], b, nv, nv + layout.num_global_tokens)
         if union and dense_fallback and relative >= 1.0:
             path = "dense"
@@ -406,9 +501,16 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
     if video is None or not union:
         need_lse = union or has_glob
         if not block_kernel:
-            # groups2 is union only (MogaConfig): the same pieces for the second group
-            want = _group_pieces(cfg, groups2 is not None) if union else ("group",)
-            gterms = group_terms(layout, cfg, groups, want, groups2)
+            if cached is not None and "gterms" in cached:
+                gterms, counted = cached["gterms"], cached["counted"]
+            else:
+                # groups2 is union only (MogaConfig): the same pieces for the second group
+                want = _group_pieces(cfg, groups2 is not None) if union else ("group",)
+                gterms = group_terms(layout, cfg, groups, want, groups2)
+                if cache_key is not None:
+                    parts = _count_parts(layout, cfg, groups, global_keep, groups2)
+                    counted = _counted(torch.cat([t.reshape(-1).double() for t in parts]).cpu(), b, cfg.num_groups)
+                    plan_cache.put(cache_key, {"gterms": gterms, "counted": counted})
         sterms = static_terms(layout, cfg, b, q.device)
         if union and dense_fallback:
             pairs = sum(t.problem.pair_count() for t in list(gterms.values()) + list(sterms.values()))
@@ -469,6 +571,7 @@ def moga_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Vi
         stats["group_sizes"] = sizes
         stats["backend"] = "flex" if block_kernel else cfg.backend
         stats["path"] = path
+        stats["plan_cached"] = cached is not None
         stats.pop("dense_reason", None)
         if path == "dense":
             stats["dense_reason"] = dense_reason(layout, cfg, sizes, block_kernel, q.device)

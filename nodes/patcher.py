@@ -35,7 +35,7 @@ from torch.profiler import record_function
 
 import comfy.model_management
 import comfy.patcher_extension
-from ..moga_core import RandomGroups, VideoLayout, moga_attention
+from ..moga_core import PlanCache, RandomGroups, VideoLayout, moga_attention
 from ..moga_core.routers import RouterSet
 
 from . import wiring
@@ -46,6 +46,9 @@ from .options import PatchOptions
 from .shots import ShotPlan, frame_shots, text_keep_table
 
 RANDOM_SEED = 0  # grouping "random": block i's partition is RandomGroups(M, seed=RANDOM_SEED + i)
+# device memory the block plans of content-free groups may hold during a run (moga_core.PlanCache): about 17 MiB a
+# block at 187,200 tokens, so every block of Wan 1.3B/14B fits; at longer lengths the first blocks are cached
+PLAN_CACHE_BYTES = 1 << 30
 
 log = logging.getLogger("moga")
 DENSE_BY_COST = "groups too unequal to pay off"  # the estimate said the sparse layer would not beat dense (old reason)
@@ -65,6 +68,8 @@ def summarize_run(stats: dict | None) -> str:
         parts.append(f"largest group {100 * stats['largest_group_sum'] / sparse:.0f}% of the tokens on average "
                      f"(max {100 * stats['largest_group_max']:.0f}%)")
         parts.append(f"density {stats['density_sum'] / sparse:.3f}")
+        if stats.get("plans_reused"):
+            parts.append(f"block plans reused in {stats['plans_reused']} calls")
     others = stats.get("other_attention")
     if others:
         parts.append("calls MoGA did not take went to " + " and ".join(sorted(others)))
@@ -122,6 +127,7 @@ class Route:
     info: ForwardInfo
     groups2: torch.Tensor | None = None  # (B, Nv) int64: each token's second group (second-group mode)
     logits: torch.Tensor | None = None  # (B, n, M) float32 router logits of a sequence shard (sequence parallel)
+    plan_key: tuple | None = None  # content-free groups: fixes `groups` (moga_core.PlanCache), else None
 
 
 class GroupMapProbe:
@@ -173,7 +179,7 @@ class BlockPatch:
     def _new_stats():
         return {"forwards": 0, "sparse_forwards": 0, "sparse_calls": Counter(), "dense": Counter(),
                 "sigmas": [], "density_sum": 0.0, "largest_group_sum": 0.0, "largest_group_max": 0.0,
-                "other_attention": set()}
+                "other_attention": set(), "plans_reused": 0}
 
     # ---- what a subclass decides
     def takes_block(self, key: BlockKey) -> bool:
@@ -310,6 +316,8 @@ class MogaPatch(BlockPatch):
         self.sigma_end = None
         self._device_routers: dict = {}
         self._overrides: dict = {}
+        # random groups are the same at every step: their block plans are built once per run (ON_PRE_RUN clears)
+        self.plan_cache = PlanCache(PLAN_CACHE_BYTES) if self.random is not None else None
 
     def routed_blocks(self) -> list[int]:
         """Indices of the blocks MoGA routes (no router: every block but the dense ones)."""
@@ -331,6 +339,8 @@ class MogaPatch(BlockPatch):
         self.sigma_end = float(model_sampling.percent_to_sigma(self.options.end_percent))
         if self.auto is not None:
             self.auto.new_run()  # a new run fits its own routers
+        if self.plan_cache is not None:
+            self.plan_cache.clear()
         super().on_pre_run(model_patcher, *rest)
 
     def forward_mode(self, sigma: float | None, to: dict) -> tuple[bool, str | None]:
@@ -345,6 +355,8 @@ class MogaPatch(BlockPatch):
             log.info("%s", summarize_run(self.stats))
         super().on_cleanup(model_patcher, *rest)
         self._overrides.clear()
+        if self.plan_cache is not None:
+            self.plan_cache.clear()  # the plans hold device memory; the next run builds its own
 
     def sparse_at(self, sigma: float | None) -> bool:
         if self.sigma_start is None or sigma is None:
@@ -418,7 +430,8 @@ class MogaPatch(BlockPatch):
         """Random groups for one block call: the block's partition of the Nv video tokens, for each of the B samples
         of ``tokens`` (the block's token stream (B, n, C)); no gate (union mode)."""
         ids = groups.partition(layout.num_video_tokens, tokens.device).expand(tokens.shape[0], -1).contiguous()
-        return Route(self, key, layout, ids, None, info)
+        # the partition depends on the seed, M and Nv only (the layout holds Nv, the config M): a plan key
+        return Route(self, key, layout, ids, None, info, plan_key=("random", groups.seed, groups.num_groups))
 
     # ---- attention override
     def override_over(self, previous):
@@ -449,12 +462,18 @@ class MogaPatch(BlockPatch):
         if n != layout.num_tokens:
             return self._dense("token count mismatch")
         global_keep = None
+        plan_key = route.plan_key
         if mask is not None:
             global_keep = _global_keep_from_mask(mask, layout, n)
             if global_keep is None:
                 return self._dense("attention mask")
+            if plan_key is not None:  # the padding mask is part of the plan (read back already, Ng values)
+                plan_key += ("mask", global_keep.cpu().numpy().tobytes())
         captions = self._caption_keep(route, layout, n, kwargs.get("transformer_options") or {}, q.device)
         if captions is not None:
+            if plan_key is not None:  # built on the host from the shot plan: its bytes identify it
+                plan_key += ("captions", tuple(captions.shape), captions.numpy().tobytes())
+            captions = captions.to(q.device)
             global_keep = captions if global_keep is None else captions & global_keep[None]
         pattern = "b h n d -> b n h d" if skip_reshape else "b n (h d) -> b n h d"
         q4, k4, v4 = (rearrange(t, pattern, **({} if skip_reshape else {"h": heads})) for t in (q, k, v))
@@ -462,7 +481,8 @@ class MogaPatch(BlockPatch):
         call = {}
         out = moga_attention(q4, k4, v4, layout, self.cfg, route.groups, gate, scale=kwargs.get("scale"),
                              global_keep=global_keep, stats=call,
-                             dense_fallback=self.options.dense_if_slower, groups2=route.groups2)
+                             dense_fallback=self.options.dense_if_slower, groups2=route.groups2,
+                             plan_cache=self.plan_cache, plan_key=plan_key)
         self.count_call(route, call)
         return rearrange(out, "b n h d -> b h n d" if skip_output_reshape else "b n h d -> b n (h d)")
 
@@ -477,11 +497,13 @@ class MogaPatch(BlockPatch):
             else:
                 self.stats["sparse_calls"][(route.key.block_type, route.key.block_index)] += 1
                 self.stats["density_sum"] += call["density"]
+                self.stats["plans_reused"] += bool(call.get("plan_cached"))
                 self.stats["largest_group_sum"] += largest
                 self.stats["largest_group_max"] = max(self.stats["largest_group_max"], largest)
 
     def _caption_keep(self, route: Route, layout: VideoLayout, n: int, to: dict, device):
-        """(T, prefix + suffix) caption visibility per latent frame when the cond carries per-shot captions."""
+        """(T, prefix + suffix) bool on the host: caption visibility per latent frame when the cond carries
+        per-shot captions; else None."""
         plan = route.info.plan
         if plan is None or plan.shot_tokens is None or layout.num_global_tokens == 0:
             return None
@@ -493,7 +515,7 @@ class MogaPatch(BlockPatch):
         rows = text_keep_table(plan, frame_shots(plan, num_frames, wiring.window_frames(to, num_frames)))
         keep = torch.ones(num_frames, layout.num_global_tokens, dtype=torch.bool)
         keep[:, text_start:text_start + plan.text_tokens] = torch.tensor(rows, dtype=torch.bool)
-        return keep.to(device)
+        return keep  # on the host: the caller keys the plan cache by its bytes before moving it
 
 
 def _make_override(patch: MogaPatch, previous):

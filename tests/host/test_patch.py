@@ -383,3 +383,30 @@ def test_layers_that_would_not_pay_off_run_dense_and_the_run_says_so(moga):
     assert (out - reference).abs().max().item() <= 1e-4 * max(reference.abs().max().item(), 1.0)
     line = moga.patcher.summarize_run(stats)
     assert line.startswith("MoGA: 0 sparse / ") and at_length in line
+
+
+def test_random_groups_reuse_their_block_plans_within_a_run(moga, family):
+    """Random groups are the same at every step: each block's plan is built on its first call of a run and reused
+    by the later ones (moga_core.PlanCache), with exactly the sample of a run that rebuilds every plan; the cache
+    is emptied when the run ends."""
+    name, (model, pos, neg, latent, cfg) = family
+    defaults = dict(start_percent=0.0, min_tokens=0, temporal_group=2, dense_if_slower=False, auto_groups=4)
+    runs = {}
+    for budget in (0, moga.patcher.PLAN_CACHE_BYTES):  # 0: nothing is stored, every call builds its plan
+        clone = model.clone()
+        patch = moga.patcher.install(clone, None, moga.patcher.PatchOptions(**defaults))
+        assert patch.random is not None and patch.plan_cache is not None
+        patch.plan_cache.max_bytes = budget
+        runs[budget] = ksample(clone, pos, neg, latent, cfg=cfg)
+        stats = patch.last_run_stats
+        sparse = sum(stats["sparse_calls"].values())
+        assert sparse > 0, (name, stats["dense"])
+        blocks = len(stats["sparse_calls"])
+        if budget:
+            # every call after a block's first ones (one per distinct batch of cond/uncond) reused its plan
+            assert sparse - 2 * blocks <= stats["plans_reused"] <= sparse - blocks, (name, stats)
+            assert "block plans reused in" in moga.patcher.summarize_run(stats)
+        else:
+            assert stats["plans_reused"] == 0
+        assert len(patch.plan_cache) == 0  # cleared at the end of the run (its device memory is given back)
+    assert torch.equal(runs[0], runs[moga.patcher.PLAN_CACHE_BYTES]), name
