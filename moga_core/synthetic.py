@@ -107,10 +107,11 @@ def synthetic_qkv(x: torch.Tensor, heads: int, head_dim: int, sharpness: float =
 
 
 def structured_video_qkv(tokens: int, heads: int, head_dim: int, shots: int = 3, seed: int = 0, device=None,
-                         dtype=torch.float32):
+                         dtype=torch.float32, sharpness: float = 12.0):
     """A benchmark point: ``(layout, x (1, N, H·D), q, k, v (1, N, H, D))`` for ``tokens`` structured video tokens
     in ``shots`` even shots. The structure is drawn in at most 256 channels and lifted to the model width H·D by a
-    fixed random map (the identities stay what they were)."""
+    fixed random map (the identities stay what they were). ``sharpness``: how peaked attention is on tokens of the
+    same identity (`synthetic_qkv`)."""
     grid = grid_for_tokens(tokens)
     layout = VideoLayout(grid=grid, shots=even_shots(grid[0], shots))
     channels = heads * head_dim
@@ -119,5 +120,5 @@ def structured_video_qkv(tokens: int, heads: int, head_dim: int, shots: int = 3,
         gen = torch.Generator(device="cpu").manual_seed(seed + 7)
         lift = torch.randn(x.shape[-1], channels, generator=gen).to(x.device) / x.shape[-1] ** 0.5
         x = x @ lift
-    q, k, v = synthetic_qkv(x, heads, head_dim, seed=seed + 1)
+    q, k, v = synthetic_qkv(x, heads, head_dim, sharpness=sharpness, seed=seed + 1)
     return (layout,) + tuple(t.to(dtype) for t in (x, q, k, v))

@@ -27,6 +27,7 @@ import logging
 import re
 import threading
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +37,7 @@ from torch.profiler import record_function
 import comfy.model_management
 import comfy.patcher_extension
 from ..moga_core import PlanCache, RandomGroups, VideoLayout, moga_attention
+from ..moga_core.speed import DENSE, SPARSE, TIME_DENSE, SpeedCheck
 from ..moga_core.routers import RouterSet
 
 from . import wiring
@@ -51,6 +53,8 @@ RANDOM_SEED = 0  # grouping "random": block i's partition is RandomGroups(M, see
 PLAN_CACHE_BYTES = 1 << 30
 
 log = logging.getLogger("moga")
+DENSE_MEASURED = "measured slower than dense at this length"  # the run's speed check (moga_core.speed)
+DENSE_TIMING = "timed dense for the speed check"  # the few dense calls the speed check compares against
 DENSE_BY_COST = "groups too unequal to pay off"  # the estimate said the sparse layer would not beat dense (old reason)
 
 
@@ -70,6 +74,9 @@ def summarize_run(stats: dict | None) -> str:
         parts.append(f"density {stats['density_sum'] / sparse:.3f}")
         if stats.get("plans_reused"):
             parts.append(f"block plans reused in {stats['plans_reused']} calls")
+    for (tokens, _heads), (verdict, sparse_ms, dense_ms) in sorted((stats.get("speed") or {}).items()):
+        parts.append(f"speed check at {tokens:,} tokens: sparse {sparse_ms:.2f} ms vs dense {dense_ms:.2f} ms "
+                     f"per call, so {verdict}")
     others = stats.get("other_attention")
     if others:
         parts.append("calls MoGA did not take went to " + " and ".join(sorted(others)))
@@ -128,6 +135,7 @@ class Route:
     groups2: torch.Tensor | None = None  # (B, Nv) int64: each token's second group (second-group mode)
     logits: torch.Tensor | None = None  # (B, n, M) float32 router logits of a sequence shard (sequence parallel)
     plan_key: tuple | None = None  # content-free groups: fixes `groups` (moga_core.PlanCache), else None
+    speed_key: tuple | None = None  # set when the speed check wants this call timed on the dense backend
 
 
 class GroupMapProbe:
@@ -318,6 +326,9 @@ class MogaPatch(BlockPatch):
         self._overrides: dict = {}
         # random groups are the same at every step: their block plans are built once per run (ON_PRE_RUN clears)
         self.plan_cache = PlanCache(PLAN_CACHE_BYTES) if self.random is not None else None
+        # dense_if_slower: besides moga_core's estimate, each run times a few sparse and dense calls of each shape
+        # and keeps the faster (the estimate does not see a call's fixed costs, which decide short sequences)
+        self.speed = SpeedCheck() if options.dense_if_slower else None
 
     def routed_blocks(self) -> list[int]:
         """Indices of the blocks MoGA routes (no router: every block but the dense ones)."""
@@ -341,6 +352,8 @@ class MogaPatch(BlockPatch):
             self.auto.new_run()  # a new run fits its own routers
         if self.plan_cache is not None:
             self.plan_cache.clear()
+        if self.speed is not None:
+            self.speed.reset()  # measured per run: the card, the model's placement and the shapes may change
         super().on_pre_run(model_patcher, *rest)
 
     def forward_mode(self, sigma: float | None, to: dict) -> tuple[bool, str | None]:
@@ -351,6 +364,10 @@ class MogaPatch(BlockPatch):
             return self.auto.begin_forward(sigma, to, sparse, self.stats)
 
     def on_cleanup(self, model_patcher, *rest):
+        if self.speed is not None:
+            # what the speed check measured: (tokens, heads) -> verdict, sparse ms, dense ms (medians)
+            self.stats["speed"] = {(layout.num_tokens, shape[2]): found
+                                   for (layout, shape, *_), found in self.speed.decided().items()}
         if self.stats["forwards"]:
             log.info("%s", summarize_run(self.stats))
         super().on_cleanup(model_patcher, *rest)
@@ -478,11 +495,24 @@ class MogaPatch(BlockPatch):
         pattern = "b h n d -> b n h d" if skip_reshape else "b n (h d) -> b n h d"
         q4, k4, v4 = (rearrange(t, pattern, **({} if skip_reshape else {"h": heads})) for t in (q, k, v))
         gate = route.gate if self.cfg.combine == "mean" else None
+        speed_key = None
+        if self.speed is not None and self.cfg.combine == "union":  # mean mode has no dense equivalent
+            speed_key = (layout, tuple(q4.shape), q4.dtype, str(q4.device), global_keep is not None)
+            action = self.speed.action(speed_key)
+            if action == DENSE:
+                return self._dense(DENSE_MEASURED)
+            if action == TIME_DENSE:
+                route.speed_key = speed_key  # the override times the dense backend on this call
+                return self._dense(DENSE_TIMING)
         call = {}
-        out = moga_attention(q4, k4, v4, layout, self.cfg, route.groups, gate, scale=kwargs.get("scale"),
-                             global_keep=global_keep, stats=call,
-                             dense_fallback=self.options.dense_if_slower, groups2=route.groups2,
-                             plan_cache=self.plan_cache, plan_key=plan_key)
+        with (self.speed.timing(speed_key, SPARSE, q4.device) if speed_key is not None else nullcontext()) as sample:
+            out = moga_attention(q4, k4, v4, layout, self.cfg, route.groups, gate, scale=kwargs.get("scale"),
+                                 global_keep=global_keep, stats=call,
+                                 dense_fallback=self.options.dense_if_slower, groups2=route.groups2,
+                                 plan_cache=self.plan_cache, plan_key=plan_key)
+            # only steady-state sparse calls are samples: not the estimate's dense calls, nor a plan's first build
+            if sample is not None and (call["path"] == "dense" or (plan_key is not None and not call["plan_cached"])):
+                sample.discard()
         self.count_call(route, call)
         return rearrange(out, "b n h d -> b h n d" if skip_output_reshape else "b n h d -> b n (h d)")
 
@@ -529,9 +559,16 @@ def _make_override(patch: MogaPatch, previous):
             if out is not None:
                 return out
         info = (to.get(wiring.FORWARD) or {}).get(id(patch)) if isinstance(to, dict) else None
-        return wiring.pass_down(func, previous, info.adapter if info is not None else None, q, k, v, heads,
-                         dict(kwargs, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
-                              skip_output_reshape=skip_output_reshape))
+
+        def dense():
+            return wiring.pass_down(func, previous, info.adapter if info is not None else None, q, k, v, heads,
+                                    dict(kwargs, mask=mask, attn_precision=attn_precision, skip_reshape=skip_reshape,
+                                         skip_output_reshape=skip_output_reshape))
+
+        if route is not None and route.patch is patch and route.speed_key is not None:
+            with patch.speed.timing(route.speed_key, DENSE, q.device):
+                return dense()
+        return dense()
 
     # no `container_function` attribute on purpose: newer ComfyUI then hands us plain tensors
     moga_override._moga_patch = patch

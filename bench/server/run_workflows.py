@@ -77,6 +77,10 @@ SUMMARY = re.compile(r"MoGA: (\d+) sparse / (\d+) dense attention calls([^\n]*)"
 STARTUP = re.compile(r"DynamicVRAM|dynamic vram|aimdo|comfy-kitchen|comfy_kitchen|Total VRAM|Set vram state|"
                      r"^Device:|pytorch version|ComfyUI version|Using .* attention|web root|MoGA", re.I)
 WARMUP_REASONS = {"outside start/end percent"}
+# dense_if_slower's speed check (nodes/patcher.py): the few dense calls it times, and the calls of a shape it
+# measured slower sparse than dense (the guard doing its job, with the figures in the summary's "speed check")
+SPEED_CHECK_REASONS = {"timed dense for the speed check", "measured slower than dense at this length"}
+SPEED = re.compile(r"speed check at ([\d,]+) tokens: sparse ([\d.]+) ms vs dense ([\d.]+) ms per call, so (\w+)")
 FIRST_PASS_WEIGHT = 1.3  # share of the time budget of the first pass against each later one
 
 
@@ -462,18 +466,57 @@ def check_run(row: dict, entry: dict, prompt: dict, latent_node: str | None, nam
             reasons[reason] = reasons.get(reason, 0) + count
     row["dense_reasons"] = reasons
     row["moga_run_ui"] = [t for out in outputs.values() for t in (out.get("moga_run") or [])]
-    moga_problems = []
-    if len(summaries) != patches:
-        moga_problems.append(f"{len(summaries)} MoGA run summaries in the log for {patches} patches")
-    if any(s["sparse"] == 0 for s in summaries):
-        moga_problems.append("a patch ran no sparse attention call")
-    allowed = WARMUP_REASONS if args.moga == "shipped" and args.profile != "tiny" else set()
-    unexpected = {r: c for r, c in reasons.items() if r not in allowed}
-    if unexpected:
-        moga_problems.append("dense calls: " + ", ".join(f"{r} {c}" for r, c in unexpected.items()))
+    row["moga_sparse_per_patch"] = [s["sparse"] for s in summaries]
+    moga_problems = check_moga(row, shipped=args.moga == "shipped" and args.profile != "tiny")
     row["moga_ok"] = not moga_problems
     problems += moga_problems
     row["problems"] = problems
+
+
+MOGA_PROBLEM_PREFIXES = ("MoGA run summaries", "a patch ran no sparse", "dense calls: ")
+
+
+def check_moga(row: dict, shipped: bool) -> list[str]:
+    """What is wrong with a run's MoGA summaries: one per patch, each with sparse calls, and dense calls only for
+    the reasons the settings allow (shipped: the warm-up and the speed check; the tests' settings: none)."""
+    problems = []
+    summaries = row.get("moga_summaries") or []
+    if len(summaries) != row.get("moga_patches", 0):
+        problems.append(f"{len(summaries)} MoGA run summaries in the log for {row.get('moga_patches')} patches")
+    if any(n == 0 for n in row.get("moga_sparse_per_patch") or []):
+        problems.append("a patch ran no sparse attention call")
+    allowed = WARMUP_REASONS | SPEED_CHECK_REASONS if shipped else set()
+    unexpected = {r: c for r, c in (row.get("dense_reasons") or {}).items() if r not in allowed}
+    if unexpected:
+        problems.append("dense calls: " + ", ".join(f"{r} {c}" for r, c in unexpected.items()))
+    return problems
+
+
+def speed_checks(row: dict) -> str:
+    """The summaries' speed-check verdicts: 'sparse 10.1 vs dense 10.5 ms -> sparse' per patch."""
+    found = [SPEED.search(line) for line in row.get("moga_summaries") or []]
+    return "; ".join(f"{m.group(2)} vs {m.group(3)} → {m.group(4)}" for m in found if m) or "-"
+
+
+def recheck(path: str, out: str) -> int:
+    """Re-apply today's checks to a results.json written earlier (e.g. after a check was corrected)."""
+    with open(path) as f:
+        result = json.load(f)
+    shipped = result["meta"]["sizes"].get("moga") == "shipped" and result["meta"]["profile"] != "tiny"
+    for row in result["rows"]:
+        if not row.get("completed") or "moga_summaries" not in row:
+            continue
+        if "moga_sparse_per_patch" not in row:  # written before the field existed: read it off the summaries
+            row["moga_sparse_per_patch"] = [int(SUMMARY.search(line).group(1)) for line in row["moga_summaries"]]
+        moga_problems = check_moga(row, shipped)
+        row["moga_ok"] = not moga_problems
+        row["problems"] = [p for p in row.get("problems") or [] if not p.startswith(MOGA_PROBLEM_PREFIXES)]
+        row["problems"] += moga_problems
+    result["meta"]["rechecked"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    os.makedirs(out, exist_ok=True)
+    write_results(out, result)
+    print(markdown(result))
+    return 0
 
 
 def run_one(server: Server, name: str, wf: dict, prompt: dict, latent_node: str | None, limit_s: float,
@@ -575,12 +618,15 @@ def markdown(result: dict) -> str:
                      f"dynamic VRAM active: {p.get('dynamic_vram_active')}; starts: {p.get('starts')}")
         for line in p.get("dynamic_vram_lines", []):
             lines.append(f"  - `{line}`")
-    lines += ["", "| workflow | dynamic VRAM | completed | outputs | MoGA sparse / dense calls | tokens/forward | "
-                  "wall s | server s | error / problems |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| workflow | dynamic VRAM | completed | outputs | MoGA ok | MoGA sparse / dense calls | "
+                  "speed check: sparse vs dense ms/call | tokens/forward | wall s | server s | error / problems |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         problems = r.get("error") or "; ".join(r.get("problems") or [])
         lines.append(f"| {r['workflow'].removesuffix('.json')} | {r['pass']} | {'yes' if r['completed'] else 'NO'} | "
-                     f"{'ok' if r.get('outputs_ok') else ('-' if not r['completed'] else 'BAD')} | {fmt_calls(r)} | "
+                     f"{'ok' if r.get('outputs_ok') else ('-' if not r['completed'] else 'BAD')} | "
+                     f"{('ok' if r.get('moga_ok') else 'BAD') if r['completed'] else '-'} | {fmt_calls(r)} | "
+                     f"{speed_checks(r)} | "
                      f"{r.get('tokens') or '-'} | {r.get('time_s') if r.get('time_s') is not None else '-'} | "
                      f"{r.get('server_s') if r.get('server_s') is not None else '-'} | "
                      f"{(problems or '').replace('|', '/')[:300]} |")
@@ -647,6 +693,8 @@ def parse_args(argv=None):
                    help="seconds for everything; the time left is shared by the passes still to run")
     p.add_argument("--startup-timeout", type=float, default=300.0)
     p.add_argument("--no-save-latent", action="store_true", help="do not add the SaveLatent node")
+    p.add_argument("--recheck", default="", metavar="RESULTS_JSON",
+                   help="run nothing: apply the current checks to an earlier results.json and write --out")
     args = p.parse_args(argv)
     profile = PROFILES[args.profile]
     for key, value in profile.items():
@@ -674,6 +722,8 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     args = parse_args(argv)
     out = os.path.abspath(args.out)
+    if args.recheck:
+        return recheck(args.recheck, out)
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     comfy_dir = build_tree(args.tarball, os.path.abspath(args.work))

@@ -410,3 +410,55 @@ def test_random_groups_reuse_their_block_plans_within_a_run(moga, family):
             assert stats["plans_reused"] == 0
         assert len(patch.plan_cache) == 0  # cleared at the end of the run (its device memory is given back)
     assert torch.equal(runs[0], runs[moga.patcher.PLAN_CACHE_BYTES]), name
+
+
+@pytest.mark.parametrize("slow", ["sparse", "dense"])
+def test_the_speed_check_keeps_the_faster_path_for_the_rest_of_the_run(moga, slow, monkeypatch):
+    """dense_if_slower also times the run's own calls: a few sparse ones, then a few on the dense backend, and from
+    then on each call shape takes the faster. Here the estimate is told the layer pays off, and one side is made
+    50 ms slower per call (a sleep), so the verdict is clear on any machine."""
+    import time as time_module
+
+    attention = import_module(f"{moga.name}.moga_core.attention")
+    monkeypatch.setattr(attention, "relative_cost", lambda *args: 0.5)  # the estimate: sparse pays off
+    monkeypatch.setattr(attention, "_varlen_relative_cost", lambda *args: 0.5)  # (the CPU's varlen path)
+    patcher, wiring = moga.patcher, moga.wiring
+    if slow == "sparse":
+        real = patcher.moga_attention
+
+        def slow_sparse(*args, **kwargs):
+            time_module.sleep(0.05)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(patcher, "moga_attention", slow_sparse)
+    else:
+        real = wiring.pass_down
+
+        def slow_dense(*args, **kwargs):
+            time_module.sleep(0.05)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(wiring, "pass_down", slow_dense)
+    model, pos, neg, latent, cfg = wan_t2v()
+    clone = model.clone()
+    options = dict(start_percent=0.0, min_tokens=0, temporal_group=2, dense_if_slower=True, auto_groups=3)
+    patch = patcher.install(clone, None, patcher.PatchOptions(**options))
+    out = ksample(clone, pos, neg, latent, cfg=cfg, steps=6)
+    assert torch.isfinite(out).all()
+    stats = patch.last_run_stats
+    check = patch.speed
+    sparse, timed = sum(stats["sparse_calls"].values()), stats["dense"][patcher.DENSE_TIMING]
+    shapes = len(stats["speed"])
+    assert shapes >= 1 and timed == check.dense_samples * shapes, stats
+    verdict, sparse_ms, dense_ms = next(iter(stats["speed"].values()))
+    line = patcher.summarize_run(stats)
+    assert "speed check at" in line and f"so {verdict}" in line
+    if slow == "sparse":
+        assert verdict == "dense" and sparse_ms >= 50 > dense_ms
+        # the plan's first build per block, one skipped call, the samples; after the verdict every call is dense
+        assert stats["dense"][patcher.DENSE_MEASURED] > 0
+        assert sparse <= 2 * len(stats["sparse_calls"]) + (check.skip_first + check.sparse_samples) * shapes + 1
+    else:
+        assert verdict == "sparse" and dense_ms >= 50 > sparse_ms
+        assert stats["dense"][patcher.DENSE_MEASURED] == 0
+        assert sparse + timed == stats["forwards"] * len(stats["sparse_calls"])
