@@ -145,6 +145,10 @@ def main():
                         "ComfyUI plans its batches (cond/uncond together or apart) and its weight loading for that "
                         "card, and a run that needs more fails with out of memory; peaks are reported without the "
                         "held memory")
+    p.add_argument("--steady-steps", type=int, default=0,
+                   help="with K >= 2, also time a K-step run of each case without a fit (random, calibrated, "
+                        "skewed, balanced): (t(K steps) - t(1 step)) / (K - 1) is what a later step costs, with the "
+                        "run's block plans reused and its speed check settled")
     p.add_argument("--profile", default="",
                    help="file for a torch.profiler table of one more warm MoGA step of the first router kind")
     args = p.parse_args()
@@ -238,6 +242,24 @@ def main():
                     seconds = seconds - dense["dense_step_s"] if dense else float("nan")
                 runs.append((seconds, peak))
                 row[f"moga_{label}_s"] = seconds
+            if runs and args.steady_steps >= 2 and steps == 1:
+                many = dict(run, steps=args.steady_steps)
+                out, seconds_k, _ = timed(lambda: sampler.execute(model=patched, **many).args[0])
+                assert torch.isfinite(out["samples"]).all(), "non-finite sample"
+                row["steady_steps"] = args.steady_steps
+                row["moga_steady_run_s"] = seconds_k
+                row["moga_steady_step_s"] = (seconds_k - runs[-1][0]) / (args.steady_steps - 1)
+                steady_stats = mods["nodes.wiring"].patch_of(patched).last_run_stats
+                row["steady_summary"] = patcher.summarize_run(steady_stats)
+                if dense:
+                    row["steady_speedup"] = dense["dense_step_s"] / row["moga_steady_step_s"]
+                    dense_steps = round(30 * args.warmup_steps)
+                    # a 30-step run: the dense warm-up, the first sparse step (plans built), then later steps
+                    row["projected_30_steps_steady_s"] = dense_steps * dense["dense_step_s"] + runs[-1][0] + \
+                        (30 - dense_steps - 1) * row["moga_steady_step_s"]
+                print(f"{shape} N={tokens} {row['routers']}: {args.steady_steps} steps {seconds_k:.2f} s -> later "
+                      f"step {row['moga_steady_step_s']:.2f} s ({row.get('steady_speedup')}x); "
+                      f"{row['steady_summary']}", flush=True)
             if runs and args.profile and not profiled:
                 profiled = True
                 profile_table(lambda: sampler.execute(model=patched, **run), args.profile, DEVICE,
