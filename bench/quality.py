@@ -102,6 +102,9 @@ class StudyConfig:
     # a local-branches-only row (window + frame, no groups) among the matched rows: the control that says how much of
     # each metric long-range attention carries
     local_control: bool = False
+    # ComfyUI core's own sparse attention (comfy-kitchen's Sol-Attn) as rows of a matched study, at fixed settings:
+    # (tau, top-k share) pairs, top-k > 0 meaning the top-k selection (tau ignored); each row reports its density
+    sol_rows: tuple[tuple[float, float], ...] = ()
     train_task: TaskSpec | None = None  # dense training clips (None: the evaluation task); same world, frame size
     dense_long: TrainConfig | None = None  # a second dense phase on the evaluation task (full length)
 
@@ -180,7 +183,7 @@ def preset(name: str) -> StudyConfig:
             calib_ts=(0.933, 0.6, 0.3), eval_batches=2, eval_batch=3, sample_steps=16, shift=2.0,
             loss_ts=(0.3, 0.7), probe_batches=2, probe_batch=4, probe_steps=1500, targets=(0.15, 0.25, 0.35),
             dense_steps=3, far_shots=4, tune_auto_t=0.933, distill_steps=0, identity_ts=(0.9, 0.7),
-            local_control=True)
+            local_control=True, sol_rows=((1.0, 0.0), (1.3, 0.0), (2.0, 0.0), (0.0, 0.1), (0.0, 0.2)))
     if name == "long-tiny":  # CI slice of `long`: the same pipeline (short-clip training, tuning, every row), tiny
         task = TaskSpec(frames=12, height=8, width=16, min_shots=6, max_shots=6, min_shot_frames=2, num_subjects=4,
                         num_backgrounds=4, cast=2, text_dim=32)
@@ -198,7 +201,7 @@ def preset(name: str) -> StudyConfig:
             eval_batches=1, eval_batch=3, sample_steps=4, shift=1.0, loss_ts=(0.5,), probe_batches=2, probe_batch=3,
             probe_steps=200, svg2_q_clusters=4, svg2_k_clusters=8, svg2_iters=2, targets=(0.15, 0.25, 0.35),
             dense_steps=2, far_shots=3, tune_auto_t=0.75, tune_max_groups=32, identity_ts=(0.9,),
-            local_control=True)
+            local_control=True, sol_rows=((1.0, 0.0), (1.3, 0.0), (2.0, 0.0), (0.0, 0.1), (0.0, 0.2)))
     raise ValueError(f"unknown preset {name!r}")
 
 
@@ -253,6 +256,11 @@ def matched_rows(cfg: StudyConfig, tuned: dict, routers_cal: dict, routers_ft: l
                     am = AttentionMode("moga", mcfg, auto=True)
             rows.append((matched_key(mode, target), f"{MATCHED_LABELS[mode]} @ {target:.2f}", "dense", am,
                          cfg.dense_steps, extra))
+    for tau, topk in cfg.sol_rows:  # core's alternative, at the settings a user picks (its density reported)
+        key, knob = (f"sol_topk{topk:g}", f"top-k {topk:g}") if topk else (f"sol_tau{tau:g}", f"tau {tau:g}")
+        rows.append((key, f"Sol-Attn (ComfyUI core's Model Sparse Attention), {knob}", "dense",
+                     AttentionMode("sol", sol_tau=float(tau), sol_topk=float(topk)), cfg.dense_steps,
+                     {"mode": "sol", "params": {"sol_tau": float(tau), "sol_topk": float(topk)}}))
     if cfg.local_control:  # after every target's rows: a deadline drops the control first
         rows.append(("local_only", "Local branches only (window + frame), control", "dense",
                      AttentionMode("local", cfg.moga("union")), cfg.dense_steps, {"mode": "local_only"}))

@@ -167,6 +167,8 @@ def _knob(row) -> str:
     p = row.get("params") or {}
     if "svg2_top_p" in p:
         return f"top-p {p['svg2_top_p']:.3f}"
+    if "sol_tau" in p:
+        return f"top-k {p['sol_topk']:g}" if p.get("sol_topk") else f"tau {p['sol_tau']:g}"
     parts = [f"M = {p.get('num_groups', '?')}"]
     if p.get("capacity"):
         parts.append(f"cap {p['capacity']}")

@@ -215,7 +215,8 @@ class AttentionMode:
     """What a block's self-attention does.
 
     kind: ``dense`` | ``moga`` (routers) | ``random`` (fixed random balanced groups) | ``local`` (window + frame keys
-    only) | ``svg2`` (per-head online k-means of q and k, top-p key clusters).
+    only) | ``svg2`` (per-head online k-means of q and k, top-p key clusters) | ``sol`` (comfy-kitchen's Sol-Attn,
+    what ComfyUI core's "Model Sparse Attention" node runs: `sol_attention`).
 
     ``routers``: one ``moga_core.Router`` per block, or per block a list of one router per sample of the batch
     (per-sample routers: the pack's "auto" routers, fitted on each video's own router inputs). ``auto=True``
@@ -233,6 +234,8 @@ class AttentionMode:
     svg2_k_clusters: int = 128
     svg2_top_p: float = 0.9
     svg2_iters: int = 3
+    sol_tau: float = 1.3  # kind "sol": comfy-kitchen's Sol-Attn routing threshold (core's node default)
+    sol_topk: float = 0.0  # kind "sol": > 0 keeps this share of key blocks per query block instead (tau ignored)
 
 
 class AttentionController:
@@ -341,6 +344,9 @@ class AttentionController:
             out, density, coverage = dense, 1.0, 1.0
         elif mode.kind == "svg2":
             out, density = svg2_attention(q4, k4, v4, self._svg2_state, index, mode)
+            coverage = density
+        elif mode.kind == "sol":
+            out, density = sol_attention(q4, k4, v4, mode)
             coverage = density
         else:  # coverage: the key-set density G ∪ W ∪ F of every query of every sample (moga_attention's stats)
             out, density, coverage = self._moga(index, x, q4, k4, v4)
@@ -534,6 +540,95 @@ def svg2_attention(q, k, v, state: dict, index: int, mode: AttentionMode):
             o = F.scaled_dot_product_attention(qi[:, :, a:e], ki, vi, attn_mask=mask[None], scale=d ** -0.5)
             out[i, a:e] = o[0].transpose(0, 1)
     return out, density
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ComfyUI core's sparse attention: comfy-kitchen's Sol-Attn
+
+SOL_BLOCK = 64  # Sol-Attn's token block (comfy_kitchen.backends.eager.sol_attn.BLOCK)
+SOL_HEAD_DIM = 128  # the only head size its fused kernels take
+
+
+def sol_kernels():
+    """(fused, eager, version): comfy_kitchen.sol_attn where its CUDA kernels run here (else None), the eager
+    reference (comfy_kitchen.backends.eager.sol_attn.sol_attn) and the package version. A RuntimeError that says
+    what is missing when comfy-kitchen or its Sol-Attn is not installed (Sol-Attn came with comfy-kitchen 0.2.3x;
+    ComfyUI v0.27 pins 0.2.16)."""
+    try:
+        import comfy_kitchen as ck
+    except ImportError as exc:
+        raise RuntimeError(f"Sol-Attn rows need comfy-kitchen (pip install comfy-kitchen): {exc}") from exc
+    try:
+        from importlib.metadata import version as dist_version
+
+        version = dist_version("comfy-kitchen")
+    except Exception:  # noqa: BLE001 — unpacked without its dist-info
+        version = getattr(ck, "__version__", "?")
+    try:
+        from comfy_kitchen.backends.eager.sol_attn import sol_attn as eager
+    except ImportError as exc:
+        raise RuntimeError(f"comfy-kitchen {version} has no Sol-Attn (comfy_kitchen.backends.eager.sol_attn): "
+                           "expected a release that ships sol_attn") from exc
+    fused = None
+    available = getattr(ck, "sol_attn_is_available", None)
+    if torch.cuda.is_available() and available is not None and available(torch.device("cuda")):
+        fused = ck.sol_attn
+    return fused, eager, version
+
+
+def sol_exact_blocks(q: torch.Tensor, k: torch.Tensor, tau: float, topk: float, scale: float) -> torch.Tensor:
+    """(B, H, NQ, NK) bool: the key blocks each 64-token query block attends exactly under Sol-Attn's routing (the
+    eager reference's rule: a block's centroid score against the centred block-mean keys over ``tau`` sigmas of the
+    proxy row, or the top ``topk`` share; the diagonal ±1 always), for the density of a row. q, k: (B, T, H, D).
+    Checked against the reference in tests (its output with ``tail=False`` is attention over these blocks only)."""
+    b, t, h, d = q.shape
+    n = (t + SOL_BLOCK - 1) // SOL_BLOCK
+    lengths = torch.full((n,), float(SOL_BLOCK), device=q.device)
+    lengths[-1] = float(t - (n - 1) * SOL_BLOCK)
+    blk = torch.arange(t, device=q.device) // SOL_BLOCK
+
+    def pool_mean(x):  # (B, T, H, D) -> (B, N, H, D)
+        out = torch.zeros(b, n, h, d, device=x.device, dtype=torch.float32)
+        out.index_add_(1, blk, x.float())
+        return out / lengths.view(1, -1, 1, 1)
+
+    kc = pool_mean(k)
+    kcc = kc - kc.mean(dim=1, keepdim=True)
+    centroid = pool_mean(q)
+    log2s = scale * 1.4426950408889634
+    score = torch.einsum("bqhd,bkhd->bhqk", centroid, kcc) * log2s  # (B, H, NQ, NK): the block's mean proxy row
+    idx = torch.arange(n, device=q.device)
+    if topk:
+        kk = max(0, min(n - 1, max(1, round(topk * n))))
+        exact = score >= score.topk(kk, dim=-1).values[..., -1:] if kk else torch.zeros_like(score, dtype=torch.bool)
+    else:
+        var = (centroid.pow(2) * kcc.pow(2).mean(dim=1).unsqueeze(1)).sum(-1)  # (B, NQ, H)
+        thr = tau * torch.sqrt(var * log2s * log2s + 1e-6)
+        exact = score > thr.permute(0, 2, 1).unsqueeze(-1)
+    return exact | ((idx.view(1, -1) - idx.view(-1, 1)).abs() <= 1).view(1, 1, n, n)
+
+
+def sol_attention(q, k, v, mode: AttentionMode):
+    """Sol-Attn on (B, N, H, D) as core's node runs it: the fused CUDA kernel where it can run (bf16/fp16; other head
+    sizes are zero-padded to 128, which changes no score: q·k and the routing statistics sum over the padded
+    dimensions as zeros), else the eager reference (any size; O(N²) memory: the CPU slice). Returns (out, density):
+    density = the exactly attended key blocks' share of the N² scores, plus the pooled terms (one per other block
+    and query)."""
+    fused, eager, _ = sol_kernels()
+    b, n, h, d = q.shape
+    scale = d ** -0.5
+    kwargs = dict(tau=float(mode.sol_tau), topk_ratio=float(mode.sol_topk), scale=scale)
+    if fused is not None and q.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
+        pad = SOL_HEAD_DIM - d
+        qp, kp, vp = ((F.pad(t, (0, pad)) if pad > 0 else t).contiguous() for t in (q, k, v))
+        out = fused(qp, kp, vp, **kwargs)[..., :d] if pad >= 0 else eager(q, k, v, **kwargs)
+    else:
+        out = eager(q, k, v, **kwargs)
+    exact = sol_exact_blocks(q, k, float(mode.sol_tau), float(mode.sol_topk), scale)
+    nq = exact.shape[-1]
+    exact_keys = (exact.float().sum(-1) * SOL_BLOCK).mean()  # keys per query attended exactly (ragged end aside)
+    density = float((exact_keys.clamp(max=n) + (nq - exact.float().sum(-1).mean())) / n)
+    return out.to(q.dtype), density
 
 
 # ---------------------------------------------------------------------------------------------------------------

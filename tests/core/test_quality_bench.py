@@ -262,3 +262,53 @@ def test_matched_density_tuning_hits_the_targets_and_picks_the_closest():
         tune(_captured(layout), base, targets, ("union_mean",))
     with pytest.raises(ValueError, match="targets must be densities"):
         tune(_captured(layout), base, (1.5,))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sol-Attn (comfy-kitchen, what ComfyUI core's "Model Sparse Attention" node runs) as a row of the study
+
+
+@pytest.mark.parametrize("tau, topk", [(1.0, 0.0), (1.3, 0.0), (2.0, 0.0), (0.0, 0.1), (0.0, 0.2)])
+def test_sol_rows_density_is_the_reference_routing(tau, topk):
+    """The study's Sol density counts the blocks the eager reference attends exactly: its output without the pooled
+    tail (tail=False) is softmax attention over exactly the blocks `sol_exact_blocks` names, and the row's output
+    is the reference's."""
+    eager_mod = pytest.importorskip("comfy_kitchen.backends.eager.sol_attn")
+    from quality_model import SOL_BLOCK, sol_attention, sol_exact_blocks
+
+    gen = torch.Generator().manual_seed(3)
+    b, t, h, d = 2, 5 * SOL_BLOCK + 17, 2, 32  # a ragged last block
+    structure = torch.randn(b, t, 1, d, generator=gen) * 2.0  # shared structure: routing is not uniform
+    q, k, v = (structure + torch.randn(b, t, h, d, generator=gen) for _ in range(3))
+    scale = d ** -0.5
+    exact = sol_exact_blocks(q, k, tau, topk, scale)
+    n = exact.shape[-1]
+    assert exact.shape == (b, h, n, n) and 0 < float(exact.float().mean()) < 1
+    mask = exact.repeat_interleave(SOL_BLOCK, dim=2)[:, :, :t].repeat_interleave(SOL_BLOCK, dim=3)[..., :t]
+    qh, kh, vh = (x.double().transpose(1, 2) for x in (q, k, v))
+    scores = (qh @ kh.transpose(-1, -2) * scale).masked_fill(~mask, float("-inf"))
+    expected = (torch.softmax(scores, -1) @ vh).transpose(1, 2)
+    routed_only = eager_mod.sol_attn(q, k, v, tau=tau, topk_ratio=topk, scale=scale, tail=False)
+    assert float((routed_only.double() - expected).abs().max()) < 1e-4
+    out, density = sol_attention(q, k, v, AttentionMode("sol", sol_tau=tau, sol_topk=topk))
+    assert torch.allclose(out, eager_mod.sol_attn(q, k, v, tau=tau, topk_ratio=topk, scale=scale), atol=1e-6)
+    assert float(exact.float().mean()) < density < 1.0
+
+
+def test_sol_rows_name_what_is_missing(monkeypatch):
+    """Without comfy-kitchen's Sol-Attn the row's error says so (the study keeps its other rows)."""
+    import builtins
+
+    from quality_model import sol_kernels
+
+    real_import = builtins.__import__
+
+    def no_sol(name, *args, **kwargs):
+        if name.startswith("comfy_kitchen.backends.eager.sol_attn"):
+            raise ImportError("no module named sol_attn")
+        return real_import(name, *args, **kwargs)
+
+    pytest.importorskip("comfy_kitchen")
+    monkeypatch.setattr(builtins, "__import__", no_sol)
+    with pytest.raises(RuntimeError, match=r"comfy-kitchen \S+ has no Sol-Attn"):
+        sol_kernels()

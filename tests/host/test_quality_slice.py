@@ -22,6 +22,18 @@ PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 BENCH = os.path.join(PACK_ROOT, "bench")
 
 
+def _has_sol_attn() -> bool:
+    """Whether this ComfyUI's comfy-kitchen ships Sol-Attn (the eager reference the CPU slice runs)."""
+    try:
+        import comfy_kitchen.backends.eager.sol_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+SOL_ATTN = _has_sol_attn()
+
+
 @pytest.fixture(scope="module")
 def study(comfyui, tmp_path_factory):
     if BENCH not in sys.path:
@@ -206,8 +218,13 @@ def test_long_slice_every_row_at_every_target(long_study):
     quality, cfg, results, data, _ = long_study
     keys = [r["key"] for r in results["rows"]]
     want = ["dense", "moga_finetuned"] + [quality.matched_key(m, t) for t in cfg.targets for m in cfg.matched_modes]
-    assert keys == want + ["local_only"]  # the control comes last (a deadline drops it first)
+    sol = [f"sol_topk{k:g}" if k else f"sol_tau{t:g}" for t, k in cfg.sol_rows]
+    assert len(sol) == 5 and keys == want + sol + ["local_only"]  # the control last (a deadline drops it first)
     for row in results["rows"]:
+        if row["key"].startswith("sol_") and not SOL_ATTN:
+            # a ComfyUI whose comfy-kitchen predates Sol-Attn (v0.27 pins 0.2.16): the row says so, the rest ran
+            assert "has no Sol-Attn" in row["error"], row
+            continue
         assert "error" not in row, (row["key"], row.get("error"))
         for col in ("density", "density_sampling", "compute", "rel_err", "flow_loss", "cosine", "adherence",
                     "ms_per_step"):
@@ -231,7 +248,7 @@ def test_long_slice_teacher_forced_identity_and_local_control(long_study):
     """Every row reads the teacher-forced identity at the same (true) pixels; the local-only control attends a
     subset of every union row's keys (union = its group ∪ the same local branches)."""
     _, cfg, results, _, _ = long_study
-    rows = {r["key"]: r for r in results["rows"]}
+    rows = {r["key"]: r for r in results["rows"] if "error" not in r}  # (Sol rows on a comfy-kitchen without it)
     pairs = {r["identity_tf_pairs"] for r in rows.values()}
     assert len(pairs) == 1 and pairs.pop() > 0, "the true pixels do not depend on the attention mode"
     for r in rows.values():
@@ -242,6 +259,24 @@ def test_long_slice_teacher_forced_identity_and_local_control(long_study):
     for r in results["rows"]:
         if r.get("mode") in ("union_auto", "union_auto_g2", "union_calibrated", "random_groups"):
             assert local["density"] <= r["density"] + 1e-9, r["key"]
+
+
+def test_long_slice_sol_rows_report_their_density(long_study):
+    """Core's Sol-Attn rows (the eager reference on the CPU): each at its fixed setting, sparse, with the density
+    of the blocks it attends exactly plus its pooled terms, and the doc's table names their knobs."""
+    if not SOL_ATTN:
+        pytest.skip("this ComfyUI's comfy-kitchen has no Sol-Attn (the rows' errors are checked above)")
+    _, cfg, results, data, _ = long_study
+    sol = [r for r in results["rows"] if r.get("mode") == "sol"]
+    assert [(r["params"]["sol_tau"], r["params"]["sol_topk"]) for r in sol] == [tuple(map(float, p))
+                                                                                for p in cfg.sol_rows]
+    for r in sol:
+        assert 0 < r["density"] < 1 and r["rel_err"] > 0 and finite(r["psnr"]), r["key"]
+    import quality_doc
+
+    table = "\n".join(quality_doc.table(data))
+    for knob in ("tau 1.3", "top-k 0.1"):
+        assert f"Sol-Attn (ComfyUI core's Model Sparse Attention), {knob} | – | {knob} |" in table
 
 
 def test_long_slice_densities_are_matched(long_study):
