@@ -242,24 +242,6 @@ def main():
                     seconds = seconds - dense["dense_step_s"] if dense else float("nan")
                 runs.append((seconds, peak))
                 row[f"moga_{label}_s"] = seconds
-            if runs and args.steady_steps >= 2 and steps == 1:
-                many = dict(run, steps=args.steady_steps)
-                out, seconds_k, _ = timed(lambda: sampler.execute(model=patched, **many).args[0])
-                assert torch.isfinite(out["samples"]).all(), "non-finite sample"
-                row["steady_steps"] = args.steady_steps
-                row["moga_steady_run_s"] = seconds_k
-                row["moga_steady_step_s"] = (seconds_k - runs[-1][0]) / (args.steady_steps - 1)
-                steady_stats = mods["nodes.wiring"].patch_of(patched).last_run_stats
-                row["steady_summary"] = patcher.summarize_run(steady_stats)
-                if dense:
-                    row["steady_speedup"] = dense["dense_step_s"] / row["moga_steady_step_s"]
-                    dense_steps = round(30 * args.warmup_steps)
-                    # a 30-step run: the dense warm-up, the first sparse step (plans built), then later steps
-                    row["projected_30_steps_steady_s"] = dense_steps * dense["dense_step_s"] + runs[-1][0] + \
-                        (30 - dense_steps - 1) * row["moga_steady_step_s"]
-                print(f"{shape} N={tokens} {row['routers']}: {args.steady_steps} steps {seconds_k:.2f} s -> later "
-                      f"step {row['moga_steady_step_s']:.2f} s ({row.get('steady_speedup')}x); "
-                      f"{row['steady_summary']}", flush=True)
             if runs and args.profile and not profiled:
                 profiled = True
                 profile_table(lambda: sampler.execute(model=patched, **run), args.profile, DEVICE,
@@ -283,6 +265,24 @@ def main():
                     row["projected_30_steps_s"] = dense_steps * dense["dense_step_s"] + \
                         (30 - dense_steps) * row["moga_step_s"]
                     row["projected_30_steps_dense_s"] = 30 * dense["dense_step_s"]
+            if runs and args.steady_steps >= 2 and steps == 1:
+                many = dict(run, steps=args.steady_steps)
+                out, seconds_k, _ = timed(lambda: sampler.execute(model=patched, **many).args[0])
+                assert torch.isfinite(out["samples"]).all(), "non-finite sample"
+                row["steady_steps"] = args.steady_steps
+                row["moga_steady_run_s"] = seconds_k
+                row["moga_steady_step_s"] = (seconds_k - runs[-1][0]) / (args.steady_steps - 1)
+                steady_stats = mods["nodes.wiring"].patch_of(patched).last_run_stats
+                row["steady_summary"] = patcher.summarize_run(steady_stats)
+                if dense:
+                    row["steady_speedup"] = dense["dense_step_s"] / row["moga_steady_step_s"]
+                    dense_steps = round(30 * args.warmup_steps)
+                    # a 30-step run: the dense warm-up, the first sparse step (plans built), then later steps
+                    row["projected_30_steps_steady_s"] = dense_steps * dense["dense_step_s"] + runs[-1][0] + \
+                        (30 - dense_steps - 1) * row["moga_steady_step_s"]
+                print(f"{shape} N={tokens} {row['routers']}: {args.steady_steps} steps {seconds_k:.2f} s -> later "
+                      f"step {row['moga_steady_step_s']:.2f} s ({row.get('steady_speedup')}x); "
+                      f"{row['steady_summary']}", flush=True)
             print(f"{shape} N={tokens} {row['routers']}: cold {row.get('moga_cold_s')} warm {row.get('moga_warm_s')} s/step, "
                   f"peak {row.get('moga_peak_gib')} GiB, speedup {row.get('speedup')}; {row.get('summary')} "
                   f"{row.get('moga_error', '')}", flush=True)

@@ -31,7 +31,7 @@ def load(pattern):
             data = json.load(f)
         for item in data if isinstance(data, list) else [data]:
             if isinstance(item, dict):
-                item.setdefault("run", re.split(r"_(?:union|parallel|e2e|attention|bench|vs_sol|results)", os.path.basename(path))[0])
+                item.setdefault("run", re.split(r"_(?:union|parallel|e2e|attention|bench|vs_sol|results|random_step)", os.path.basename(path))[0])
             out.append(item)
     return out
 
@@ -318,6 +318,23 @@ def vs_sol_targets(runs) -> list[str]:
     return out
 
 
+def random_step_table(rows) -> list[str]:
+    """bench/e2e.py --routers random --steady-steps K: one step, a later step and the 30-step projection."""
+    if not rows:
+        return ["(no bench/e2e.py --steady-steps run yet)"]
+    out = ["| card | run | model | tokens | dense s/step | first sparse step s (plans built) | later step s (plans "
+           "reused) | speed-up first / later | 30 steps, 20 % dense warm-up: MoGA s vs dense s | speed-up |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "moga_steady_step_s" not in r or "dense_step_s" not in r:
+            continue
+        run30, dense30 = r["projected_30_steps_steady_s"], r["projected_30_steps_dense_s"]
+        out.append(f"| {card(r['device'])} | {r['run']} | {r['model']} | {r['tokens']:,} | {r['dense_step_s']:.2f} | "
+                   f"{r['moga_step_s']:.2f} | {r['moga_steady_step_s']:.2f} | {r['speedup']:.2f}× / "
+                   f"{r['steady_speedup']:.2f}× | {run30:.0f} vs {dense30:.0f} | {dense30 / run30:.2f}× |")
+    return out
+
+
 def server_tables(runs) -> list[str]:
     """bench/server/run_workflows.py: every shipped workflow through main.py, dynamic VRAM on and off."""
     out = []
@@ -353,6 +370,7 @@ def main():
     e2e = load("*_e2e*.json")
     parallel = load("*_parallel_*.json")
     vs_sol = load("*_vs_sol.json")
+    random_steps = load("*_random_step.json")
     server = load("server/*_results.json")
     notes_path = os.path.join(ROOT, "bench", "NOTES.md")
     out = [
@@ -400,6 +418,15 @@ def main():
         "### Targets (issue 19; set for an H200, measured so far on an H100 — the speed-ups are ratios within one run)",
         "",
         *vs_sol_targets(vs_sol),
+        "",
+        "One sampling step (cond + uncond) of the Wan-1.3B shape (ComfyUI's WanModel, random weights, bf16) through "
+        "MoGALongVideoSampler with the nodes' default grouping (random, M = 5), dense_if_slower on: "
+        "`COMFYUI_PATH=… python bench/e2e.py --cases 1.3b:32760,1.3b:187200 --routers random --steady-steps 3`. "
+        "'later step' = (3-step run − 1-step run) / 2: block plans reused, the speed check settled. The 30-step "
+        "projection: 6 dense steps, the first sparse step, 23 later steps. Issue 19's targets: step ≥ 3× at 187,200 "
+        "and ≥ 1.3× at 32,760; 30-step run ≥ 2.5× at 187,200.",
+        "",
+        *random_step_table(random_steps),
         "",
         *vs_sol_tables(vs_sol),
         "## Fast by default: the block kernel and bounded groups (H200)",
