@@ -478,6 +478,9 @@ class MogaPatch(BlockPatch):
         layout = route.layout
         if n != layout.num_tokens:
             return self._dense("token count mismatch")
+        width = self.adapter.attention_width(route.key)
+        if width is not None and (q.shape[1] * q.shape[3] if skip_reshape else q.shape[2]) != width:
+            return self._dense("not the video self-attention")
         global_keep = None
         plan_key = route.plan_key
         if mask is not None:

@@ -37,9 +37,15 @@ SHOT_HOOK_KEY = "moga_shots"  # key of the per-cond DIFFUSION_MODEL wrapper that
 
 
 def call_options(args: tuple, kwargs: dict) -> dict | None:
-    """The ``transformer_options`` of a DIFFUSION_MODEL call (ComfyUI passes it last, or by name)."""
-    to = args[-1] if args and isinstance(args[-1], dict) else kwargs.get("transformer_options")
-    return to if isinstance(to, dict) else None
+    """The ``transformer_options`` of a DIFFUSION_MODEL call: by name, else the last positional dict (Wan and
+    HunyuanVideo pass it last; LTX passes ``keyframe_idxs`` after it)."""
+    to = kwargs.get("transformer_options")
+    if isinstance(to, dict):
+        return to
+    for arg in reversed(args):
+        if isinstance(arg, dict):
+            return arg
+    return None
 
 
 def video_grid(adapter, facts: dict, to: dict) -> tuple[int, int, int] | None:

@@ -3,20 +3,37 @@
 from __future__ import annotations
 
 from .base import BlockKey, ModelAdapter, UnsupportedModelError
-from .hunyuan import HunyuanVideoAdapter
-from .wan import WanAdapter
+
+
+# (ComfyUI module, class names, adapter module, adapter class): one row per family. Exact classes only: a subclass
+# that adds tokens or blocks of its own (HuMo, camera control, ...) needs its own layout knowledge, so it is refused
+# rather than patched wrongly. A ComfyUI without a family's module (older versions) simply lacks that row.
+_FAMILIES = (
+    ("comfy.ldm.wan.model", ("WanModel", "VaceWanModel"), ".wan", "WanAdapter"),
+    ("comfy.ldm.wan.model_animate", ("AnimateWanModel",), ".wan", "WanAnimateAdapter"),
+    ("comfy.ldm.wan.model", ("WanModel_S2V",), ".wan", "WanS2VAdapter"),
+    ("comfy.ldm.hunyuan_video.model", ("HunyuanVideo",), ".hunyuan", "HunyuanVideoAdapter"),
+)
 
 
 def _supported():
-    import comfy.ldm.hunyuan_video.model as hv
-    import comfy.ldm.wan.model as wan
+    from importlib import import_module
 
-    # exact classes: subclasses that add tokens or blocks of their own (S2V, HuMo, Animate, camera, ...) would need
-    # their own layout knowledge, so they are refused rather than patched wrongly
-    return [((wan.WanModel, wan.VaceWanModel), WanAdapter), ((hv.HunyuanVideo,), HunyuanVideoAdapter)]
+    out = []
+    for module_name, class_names, adapter_module, adapter_name in _FAMILIES:
+        try:
+            module = import_module(module_name)
+        except ImportError:
+            continue  # this ComfyUI has no such family
+        adapter = getattr(import_module(adapter_module, __name__), adapter_name)
+        classes = tuple(getattr(module, name) for name in class_names if hasattr(module, name))
+        if classes:
+            out.append((classes, adapter))
+    return out
 
 
-SUPPORTED_FAMILIES = "Wan 2.1 (t2v, i2v, VACE, reference-latent), Wan 2.2 (A14B experts, TI2V-5B), HunyuanVideo 1.0/1.5"
+SUPPORTED_FAMILIES = ("Wan 2.1 (t2v, i2v, VACE, reference-latent), Wan 2.2 (A14B experts, TI2V-5B, Animate, S2V), "
+                      "HunyuanVideo 1.0/1.5")
 
 
 def adapter_for(model_patcher) -> ModelAdapter:

@@ -70,6 +70,11 @@ class ModelAdapter:
         """The router's input for this block call: (B, Nv, C), video tokens only, in the model's dtype."""
         raise NotImplementedError
 
+    def attention_width(self, key: BlockKey) -> int | None:
+        """H·D of block ``key``'s video self-attention (a call of another width, e.g. an audio stream's
+        self-attention in the same block, is not the one the routing is for); None: not checked."""
+        return None
+
     def block_tokens(self, args: dict) -> torch.Tensor:
         """The token stream (B, n, C) a block call gets (its batch, length and device; Wan's and HunyuanVideo's
         block-replace args both carry it as ``img``)."""

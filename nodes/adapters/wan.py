@@ -86,3 +86,54 @@ class WanAdapter(ModelAdapter):
         x_mod = torch.addcmul(repeat_e(e0, x), block.norm1(x.contiguous()), 1 + repeat_e(e1, x))
         prefix, suffix = span
         return x_mod[:, prefix:x_mod.shape[1] - suffix]
+
+
+class WanAnimateAdapter(WanAdapter):
+    """Wan 2.2 Animate (comfy.ldm.wan.model_animate.AnimateWanModel).
+
+    The pose latents are added to the video tokens and the face motion enters through the face adapter blocks after
+    every fifth block (their attention is a per-frame cross-attention the patch never takes), so a block's
+    self-attention sequence is Wan's: ``[reference-latent tokens (ref_conv)] + video tokens``. Its forward does not
+    publish ``grid_sizes``: the grid comes from the latent (plus any ``time_dim_concat`` frames, which
+    ``WanModel._forward`` appends along time before the blocks).
+    """
+
+    family = "wan"  # the same blocks and widths as Wan 2.1/2.2 14B: Wan router files fit
+    display_name = "Wan 2.2 Animate"
+
+    def forward_info(self, args, kwargs):
+        info = super().forward_info(args, kwargs)
+        extra = kwargs.get("time_dim_concat", args[4] if len(args) > 4 else None)
+        if info["x_shape"] is not None and torch.is_tensor(extra) and extra.ndim == 5:
+            pt = self.diffusion_model.patch_size[0]
+            b, c, t, h, w = info["x_shape"]
+            info["x_shape"] = (b, c, math.ceil(t / pt) * pt + math.ceil(extra.shape[2] / pt) * pt, h, w)
+        return info
+
+
+class WanS2VAdapter(WanAdapter):
+    """Wan 2.2 S2V (comfy.ldm.wan.model.WanModel_S2V).
+
+    A block's self-attention sequence is ``video tokens + [reference-image tokens] + [motion tokens]``: the reference
+    latent and FramePack's packed motion frames are appended after the video, each with its own rope, so both are
+    a global suffix every video token attends to (and that attends to everything). The audio enters through the
+    audio injector between blocks, a cross-attention on the video tokens only.
+    """
+
+    family = "wan"
+    display_name = "Wan 2.2 S2V"
+
+    def forward_info(self, args, kwargs):
+        info = super().forward_info(args, kwargs)
+        info["has_reference"] = False  # S2V's reference is a suffix, not the ref_conv prefix of Wan Fun
+        info["has_context_latents"] = False
+        info["s2v_suffix"] = kwargs.get("reference_latent") is not None or kwargs.get("reference_motion") is not None
+        return info
+
+    def video_span(self, key, args, num_video_tokens, forward_info):
+        extra = args["img"].shape[1] - num_video_tokens
+        if extra == 0:
+            return (0, 0)
+        if extra > 0 and forward_info.get("s2v_suffix"):
+            return (0, extra)
+        return None

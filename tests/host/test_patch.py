@@ -90,6 +90,39 @@ def wan_reference():
             tm.video_latent(), 5.0)
 
 
+def wan_animate():
+    """Wan 2.2 Animate: an i2v model whose pose latents are added to the video tokens (every frame but the first,
+    which is the reference image's) and whose face motion enters through face adapter blocks between the blocks."""
+    model = tm.load(tm.wan_animate_state_dict())
+
+    class ClipVisionOutput:
+        penultimate_hidden_states = torch.randn(1, 257, 1280, generator=torch.Generator().manual_seed(4))
+
+    gen = torch.Generator().manual_seed(7)
+    image = torch.randn(1, 16, 5, 16, 16, generator=gen) * 0.2
+    mask = torch.ones(1, 1, 5, 16, 16)
+    mask[:, :, 0] = 0.0
+    pose = torch.randn(1, 16, 4, 16, 16, generator=gen) * 0.2  # WanAnimateToVideo: one pose latent per later frame
+    extra = dict(concat_latent_image=image, concat_mask=mask, clip_vision_output=ClipVisionOutput(),
+                 pose_video_latent=pose)
+    return model, tm.wan_conditioning(seed=1, **extra), tm.wan_conditioning(seed=2, **extra), tm.video_latent(), 5.0
+
+
+def wan_s2v():
+    """Wan 2.2 S2V: audio features (wav2vec layers × 1024 × 4 per latent frame), a reference image latent and
+    FramePack motion latents; the reference and motion tokens follow the video tokens in every self-attention."""
+    model = tm.load(tm.wan_s2v_state_dict())
+    gen = torch.Generator().manual_seed(8)
+    latent = tm.video_latent()
+    frames = latent["samples"].shape[2]
+    audio = torch.randn(1, 25, 1024, 4 * frames, generator=gen) * 0.1
+    ref = [torch.randn(1, 16, 1, 16, 16, generator=gen) * 0.2]
+    motion = torch.randn(1, 16, 19, 16, 16, generator=gen) * 0.2  # (73 + 3) // 4 latent frames, as ComfyUI's node
+    extra = dict(audio_embed=audio, reference_latents=ref, reference_motion=motion)
+    neg = dict(extra, audio_embed=audio * 0.0)
+    return model, tm.wan_conditioning(seed=1, **extra), tm.wan_conditioning(seed=2, **neg), latent, 5.0
+
+
 def hunyuan10():
     # HunyuanVideo is guidance-distilled and runs at cfg 1 (ComfyUI's HunyuanVideo cannot batch two text masks)
     model = tm.load(tm.hunyuan_state_dict())
@@ -108,6 +141,8 @@ FAMILIES = {
     "wan2.1-vace": wan_vace,
     "wan-reference-latent": wan_reference,
     "wan2.2-ti2v-5b": wan22_ti2v,
+    "wan2.2-animate": wan_animate,
+    "wan2.2-s2v": wan_s2v,
     "hunyuanvideo-1.0": hunyuan10,
     "hunyuanvideo-1.5": hunyuan15,
 }
@@ -462,3 +497,33 @@ def test_the_speed_check_keeps_the_faster_path_for_the_rest_of_the_run(moga, slo
         assert verdict == "sparse" and dense_ms >= 50 > sparse_ms
         assert stats["dense"][patcher.DENSE_MEASURED] == 0
         assert sparse + timed == stats["forwards"] * len(stats["sparse_calls"])
+
+
+@pytest.mark.parametrize("with_extras", [True, False])
+def test_s2v_reference_and_motion_tokens_are_a_global_suffix(moga, with_extras, monkeypatch):
+    """Wan S2V appends the reference image's tokens and FramePack's motion tokens after the video tokens: the patch
+    places them as a suffix (sized as the model made them) and still runs every block sparse; without them the
+    sequence is the video alone."""
+    model, pos, neg, latent, cfg = wan_s2v()
+    if not with_extras:
+        pos = [[pos[0][0], {"audio_embed": pos[0][1]["audio_embed"]}]]
+        neg = [[neg[0][0], {"audio_embed": neg[0][1]["audio_embed"]}]]
+    spans = []
+    adapter_cls = type(moga.adapters.adapter_for(model))
+    original = adapter_cls.video_span
+    monkeypatch.setattr(adapter_cls, "video_span",
+                        lambda self, *a: spans.append((a[1]["img"].shape[1], a[2], original(self, *a))) or spans[-1][2])
+    clone, patch = patched(moga, model, m=4)
+    out = ksample(clone, pos, neg, latent, cfg=cfg)
+    assert torch.isfinite(out).all()
+    assert spans and all(span is not None for *_, span in spans)
+    _, _, t, h, w = latent["samples"].shape
+    video = t * (h // 2) * (w // 2)
+    # reference: one latent frame at the video's patch grid; motion: FramePack packs its last frame at that grid, the
+    # 2 before it at half the grid (one packed frame) and 16 more at a quarter (four packed frames)
+    expected = (h // 2) * (w // 2) + (h // 2) * (w // 2) + (h // 4) * (w // 4) + 4 * (h // 8) * (w // 8) if with_extras else 0
+    assert {(n, nv, span) for n, nv, span in spans} == {(video + expected, video, (0, expected))}
+    stats = patch.last_run_stats
+    assert set(stats["sparse_calls"].values()) == {stats["forwards"]}
+    assert not stats["dense"]
+    assert moga.patcher.summarize_run(stats).startswith(f"MoGA: {sum(stats['sparse_calls'].values())} sparse / 0 dense")

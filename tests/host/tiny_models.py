@@ -46,6 +46,29 @@ def wan_state_dict(dim=256, layers=2, ffn=512, in_dim=16, out_dim=16, model_type
     return _randomize(model, seed)
 
 
+def wan_animate_state_dict(dim=256, layers=5, ffn=512, seed=0) -> dict:
+    """Wan 2.2 Animate: i2v layout (36 input channels, CLIP-vision tokens) plus the pose embedding, the face motion
+    encoder and one face adapter block per five blocks (ComfyUI detects the model by the first of those)."""
+    import comfy.ldm.wan.model_animate as animate
+    import comfy.ops
+
+    model = animate.AnimateWanModel(patch_size=(1, 2, 2), text_len=512, in_dim=36, dim=dim, ffn_dim=ffn, freq_dim=256,
+                                    text_dim=4096, out_dim=16, num_heads=dim // 128, num_layers=layers,
+                                    operations=comfy.ops.disable_weight_init)
+    return _randomize(model, seed)
+
+
+def wan_s2v_state_dict(dim=256, layers=2, ffn=512, seed=0) -> dict:
+    """Wan 2.2 S2V: t2v blocks plus the causal audio encoder, the audio injectors and FramePack's motion packer."""
+    import comfy.ldm.wan.model as wan
+    import comfy.ops
+
+    model = wan.WanModel_S2V(patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=dim, ffn_dim=ffn, freq_dim=256,
+                             text_dim=4096, out_dim=16, num_heads=dim // 128, num_layers=layers,
+                             audio_inject_layers=[0], operations=comfy.ops.disable_weight_init)
+    return _randomize(model, seed)
+
+
 def hunyuan_state_dict(hidden=256, double=2, single=2, in_channels=16, context_dim=64, seed=0, v15=False) -> dict:
     import comfy.ldm.hunyuan_video.model as hv
     import comfy.ops
