@@ -32,6 +32,9 @@ class HunyuanVideoAdapter(ModelAdapter):
         keys += [BlockKey("single", j, n_double + j) for j in range(len(dm.single_blocks))]
         return keys
 
+    def attention_width(self, key):
+        return int(self.diffusion_model.hidden_size)  # H·D of the joint attention, double and single blocks alike
+
     def grid(self, x_shape, transformer_options):
         pt, ph, pw = self.diffusion_model.patch_size
         _, _, t, h, w = x_shape

@@ -29,6 +29,9 @@ class WanAdapter(ModelAdapter):
     def blocks(self) -> list[BlockKey]:
         return [BlockKey("double", i, i) for i in range(len(self.diffusion_model.blocks))]
 
+    def attention_width(self, key):
+        return int(self.diffusion_model.dim)  # heads are merged in the last dimension: H·D = dim
+
     def grid(self, x_shape, transformer_options):
         sizes = transformer_options.get("grid_sizes")
         if sizes is not None:  # set by WanModel.forward_orig (includes time_dim_concat frames)
