@@ -3,7 +3,7 @@ attention width (heads × head dim) with a few blocks, sampled through ComfyUI's
 tokens, unpatched (dense) and MoGA-patched, in one process. Reports, never asserts.
 
     COMFYUI_PATH=/path/to/ComfyUI python bench/families.py --out bench/results/<run>-<card>_families.json \\
-        [--families wan2.2-animate,wan2.2-s2v,kandinsky5,ltx2] [--steps 3] [--repeats 3] [--profile tiny]
+        [--families wan2.2-animate,wan2.2-s2v,kandinsky5-lite,kandinsky5-pro,ltx2] [--steps 3] [--repeats 3] [--profile tiny]
 
 The models come from the host tests' builders (tests/host/tiny_models.py, tiny_kandinsky5.py, tiny_ltx.py), at
 the widths below instead of the tests' tiny ones, loaded through `comfy.sd.load_diffusion_model_state_dict`
@@ -82,7 +82,54 @@ def wan_s2v(tiny: bool):
     return model, tm.wan_conditioning(seed=1, **extra), tm.wan_conditioning(seed=2, **neg), latent, 5.0
 
 
-FAMILIES = {"wan2.2-animate": wan_animate, "wan2.2-s2v": wan_s2v}
+def _kandinsky5(tiny: bool, model_dim: int, ff_dim: int):
+    import tiny_kandinsky5 as tk
+    import tiny_models as tm
+
+    t, h, w = (5, 16, 16) if tiny else (21, 60, 104)
+    config = dict(tk.LITE) if tiny else dict(model_dim=model_dim, ff_dim=ff_dim, time_dim=512, num_text_blocks=1,
+                                              num_visual_blocks=2)
+    model = _load(tk.kandinsky5_state_dict(**config), tm)
+    return (model, tk.kandinsky5_conditioning(seed=1), tk.kandinsky5_conditioning(seed=2),
+            tk.video_latent(frames=t, height=h, width=w), 5.0)
+
+
+def kandinsky5_lite(tiny: bool):
+    """Kandinsky 5 Lite video's width (1792 = 28 heads of 64, as ComfyUI detects it), 2 visual blocks and 1 text
+    block, 21 x 60 x 104 latent (HunyuanVideo's VAE, patch 1x2x2): 32,760 video tokens."""
+    return _kandinsky5(tiny, 1792, 4096)
+
+
+def kandinsky5_pro(tiny: bool):
+    """Kandinsky 5 Pro video's width (4096 = 32 heads of 128), otherwise as the Lite row."""
+    return _kandinsky5(tiny, 4096, 4096)
+
+
+def ltx2(tiny: bool):
+    """LTX-2's attention widths (video 32 heads of 128, audio 32 of 64), 2 blocks, small caption connectors; a
+    1280 x 704, 297-frame video latent (LTX's VAE: 32x space, 8x time, patch 1): 38 x 22 x 40 = 33,440 video tokens,
+    with its 12-second audio latent beside it (the audio stream stays dense)."""
+    import tiny_ltx as tl
+
+    sizes = {} if tiny else dict(video=(32, 128), audio=(32, 64))
+    model = tl.load_ltxav(layers=2, dtype=torch.bfloat16 if CUDA else torch.float32, **sizes)
+    width, height, length = (256, 128, 33) if tiny else (1280, 704, 297)
+    pos, neg = tl.with_frame_rate(tl.ltx_conditioning(seed=1), tl.ltx_conditioning(seed=2))
+    latent = tl.av_latent(tl.video_latent(width=width, height=height, length=length), tl.audio_latent(length=length))
+    return model, pos, neg, latent, 3.0
+
+
+FAMILIES = {"wan2.2-animate": wan_animate, "wan2.2-s2v": wan_s2v, "kandinsky5-lite": kandinsky5_lite,
+            "kandinsky5-pro": kandinsky5_pro, "ltx2": ltx2}
+
+
+def _parts(x):
+    """The tensors of a sample: itself, or a NestedTensor's (LTX-2: video, audio)."""
+    return [x] if torch.is_tensor(x) else list(x.unbind())
+
+
+def _finite(x) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in _parts(x))
 
 
 def run_timed(fn, repeats: int):
@@ -134,7 +181,9 @@ def main():
             row["adapter"] = type(adapter).__name__
             row["blocks"] = adapter.num_blocks
             row["model_class"] = type(model.model.diffusion_model).__name__
-            grid = adapter.grid(tuple(latent["samples"].shape), {})
+            samples = latent["samples"]
+            video = samples if torch.is_tensor(samples) else samples.unbind()[0]  # LTX-2: a NestedTensor (video, audio)
+            grid = adapter.grid(tuple(video.shape), {})
             row["video_grid"] = list(grid)
             row["video_tokens"] = grid[0] * grid[1] * grid[2]
 
@@ -142,7 +191,7 @@ def main():
                 return nodes.common_ksampler(m, 0, args.steps, cfg, "euler", "simple", pos, neg, latent)[0]["samples"]
 
             dense_out, dense_s = run_timed(lambda: sample(model), args.repeats)
-            row["dense_finite"] = bool(torch.isfinite(dense_out).all())
+            row["dense_finite"] = _finite(dense_out)
             clone = model.clone()
             # the tiny profile is below the node's min_tokens: it checks the script, sparse at any length
             options = patcher.PatchOptions(start_percent=0.0, dense_if_slower=False,
@@ -151,13 +200,14 @@ def main():
             moga_out, moga_s = run_timed(lambda: sample(clone), args.repeats)
             stats = holder.last_run_stats
             row.update(dense_step_s=dense_s / args.steps, moga_step_s=moga_s / args.steps,
-                       speedup=dense_s / moga_s, moga_finite=bool(torch.isfinite(moga_out).all()),
-                       rel_l2_to_dense=float((moga_out.float() - dense_out.float()).norm()
-                                             / dense_out.float().norm().clamp_min(1e-12)),
+                       speedup=dense_s / moga_s, moga_finite=_finite(moga_out),
+                       # of the video latent (LTX-2's audio latent is the second part)
+                       rel_l2_to_dense=float((_parts(moga_out)[0].float() - _parts(dense_out)[0].float()).norm()
+                                             / _parts(dense_out)[0].float().norm().clamp_min(1e-12)),
                        sparse_calls=sum(stats["sparse_calls"].values()), dense_calls=dict(stats["dense"]),
                        forwards=stats["forwards"], density=stats["density_sum"] / max(sum(stats["sparse_calls"].values()), 1),
                        summary=patcher.summarize_run(stats), min_tokens=options.min_tokens,
-                       latent_shape=list(latent["samples"].shape) if torch.is_tensor(latent.get("samples")) else None)
+                       latent_shape=list(video.shape))
             del clone, holder
         except Exception as exc:  # a family that fails is reported with its error; the others still run
             import traceback

@@ -13,6 +13,8 @@
 #   e2e14b    the same for the Wan-14B shape (calibrated)    → e2e_14b.json
 #   memory    580,320 tokens (a minute of 480p) through the Wan-1.3B shape with 23 GiB free, as on a 24 GB card
 #                                                             → e2e_580k_24gb.json
+#   families  each model family the pack patches (Wan Animate, S2V, Kandinsky 5 Lite/Pro, LTX-2) at ~32k tokens,
+#             dense vs MoGA sampling steps (bench/families.py)  → families.json
 #   parallel  sequence-parallel MoGA on every visible GPU vs one (bench/parallel.py, torchrun) → parallel_*.json
 # Stages run one after another on the GPUs they see; set CUDA_VISIBLE_DEVICES per call to run two side by side.
 set -uo pipefail
@@ -44,6 +46,8 @@ for stage in "$@"; do
       python3 bench/e2e.py --out "$OUT/e2e_14b.json" --cases 14b:187200 --routers calibrated ;;
     memory)
       python3 bench/e2e.py --out "$OUT/e2e_580k_24gb.json" --cases 1.3b:580320 --routers calibrated --free-gib 23 ;;
+    families)
+      python3 bench/families.py --out "$OUT/families.json" ;;
     parallel)
       gpus=$(python3 -c "import torch; print(torch.cuda.device_count())")
       torchrun --nproc_per_node="$gpus" bench/parallel.py --tokens 187200 --groups 5 --combine union --check \

@@ -55,6 +55,7 @@ PLAN_CACHE_BYTES = 1 << 30
 log = logging.getLogger("moga")
 DENSE_MEASURED = "measured slower than dense at this length"  # the run's speed check (moga_core.speed)
 DENSE_TIMING = "timed dense for the speed check"  # the few dense calls the speed check compares against
+UNTAKEN = "no self-attention call took the routing"  # e.g. a self-attention that made no attention call
 DENSE_BY_COST = "groups too unequal to pay off"  # the estimate said the sparse layer would not beat dense (old reason)
 
 
@@ -136,6 +137,7 @@ class Route:
     logits: torch.Tensor | None = None  # (B, n, M) float32 router logits of a sequence shard (sequence parallel)
     plan_key: tuple | None = None  # content-free groups: fixes `groups` (moga_core.PlanCache), else None
     speed_key: tuple | None = None  # set when the speed check wants this call timed on the dense backend
+    scoped: bool = False  # taken only inside the adapter's self-attention module (`ModelAdapter.scoped_self_attention`)
 
 
 class GroupMapProbe:
@@ -267,6 +269,7 @@ class BlockPatch:
             finally:
                 if route is not None and to.get(wiring.ROUTE) is route:
                     to.pop(wiring.ROUTE, None)
+                    self._dense(UNTAKEN)  # the block made no self-attention call MoGA could take
 
         moga_block._moga_patch = self
         moga_block._moga_previous = previous
@@ -283,6 +286,9 @@ class BlockPatch:
     def video_tokens(self, key: BlockKey, args: dict, to: dict, info: ForwardInfo):
         """(grid, span) of this block call's video tokens, or None (counted as a dense reason)."""
         adapter = info.adapter or self.adapter
+        reason = adapter.dense_reason(key, args, info.facts)
+        if reason is not None:
+            return self._dense(reason)
         grid = wiring.video_grid(adapter, info.facts, to)
         if grid is None:
             return self._dense("no video grid")
@@ -428,6 +434,7 @@ class MogaPatch(BlockPatch):
                 if router is None:
                     return self._dense("no auto router (too few video tokens)")
                 route = self.route(router, x_mod, key, layout, info)
+        route.scoped = self.adapter.scoped_self_attention(key) is not None
         probe = to.get(wiring.GROUP_MAP)
         if probe is not None and probe.block == key.index and route.groups is not None:
             probe.record(route.groups, layout, to, self.cfg.num_groups)
@@ -556,6 +563,8 @@ def _make_override(patch: MogaPatch, previous):
                       skip_output_reshape=False, **kwargs):
         to = kwargs.get("transformer_options")
         route = to.get(wiring.ROUTE) if isinstance(to, dict) else None
+        if route is not None and route.scoped and not to.get(wiring.ROUTE_SCOPE):
+            route = None  # not the call of the block's self-attention module: leave the routing for it
         if route is not None and route.patch is patch:
             to.pop(wiring.ROUTE, None)  # one self-attention call per block takes the routing
             out = patch.attend(route, q, k, v, heads, mask, skip_reshape, skip_output_reshape, kwargs)
@@ -578,6 +587,20 @@ def _make_override(patch: MogaPatch, previous):
     moga_override._moga_previous = previous
     moga_override.memory_efficient = True
     return moga_override
+
+
+def _in_route_scope(module, *args, **kwargs):
+    """The forward of a block's self-attention module (`ModelAdapter.scoped_self_attention`) with the routing
+    takeable while it runs: an attention call made outside it (e.g. the text cross-attention after a self-attention
+    that spatio-temporal guidance skipped) never gets the routing, whatever its shape."""
+    to = kwargs.get("transformer_options")
+    if not isinstance(to, dict):
+        return type(module).forward(module, *args, **kwargs)
+    to[wiring.ROUTE_SCOPE] = True
+    try:
+        return type(module).forward(module, *args, **kwargs)
+    finally:
+        to.pop(wiring.ROUTE_SCOPE, None)
 
 
 def _is_ours(override, patch) -> bool:
@@ -649,8 +672,12 @@ def install_patch(model_patcher, holder: BlockPatch) -> BlockPatch:
             model_patcher.set_model_patch_replace(earlier, "dit", *name)
         elif name in dit:
             dit.pop(name)
-    for path, (behaviour, what) in adapter.shot_module_patches().items():
+    for path, (behaviour, what) in {**adapter.module_patches(), **adapter.shot_module_patches()}.items():
         add_module_patch(model_patcher, path, behaviour, what)
+    for key in adapter.blocks():
+        path = adapter.scoped_self_attention(key) if holder.takes_block(key) else None
+        if path is not None:
+            add_module_patch(model_patcher, path, _in_route_scope, "MoGA routing scope")
     model_patcher.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, wiring.PATCH_KEY,
                                        holder.diffusion_wrapper)
     model_patcher.add_callback_with_key(comfy.patcher_extension.CallbacksMP.ON_PRE_RUN, wiring.PATCH_KEY,

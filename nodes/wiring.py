@@ -12,6 +12,7 @@ key                                    what it holds
 ``ATTENTION_OVERRIDE``                 ComfyUI's attention override; MoGA and the shot captions chain onto it
 ``FORWARD``                            per model call: {id(holder): the facts the holder's wrapper read}
 ``ROUTE``                              per block call: the routing the block's self-attention call consumes
+``ROUTE_SCOPE``                        while a block's self-attention module runs (families that scope the routing)
 ``GROUP_MAP``                          a `patcher.GroupMapProbe` asking for one frame's routing (the web view)
 ``COND_SHOT_PLAN``                     on a cond (through its hook): the `ShotPlan` with that cond's caption ranges
 ``MODEL_SHOT_CUTS``                    on a clone: latent-frame shot starts for every cond (cuts, no captions)
@@ -30,6 +31,7 @@ PATCH_KEY = "moga"
 ATTENTION_OVERRIDE = "optimized_attention_override"  # ComfyUI's own key (comfy.ldm.modules.attention)
 FORWARD = "moga_forward"
 ROUTE = "moga_route"
+ROUTE_SCOPE = "moga_route_scope"  # set while a block's self-attention module runs, for families that scope the routing
 GROUP_MAP = "moga_group_map"
 COND_SHOT_PLAN = "moga_shots"
 MODEL_SHOT_CUTS = "moga_layout_shots"

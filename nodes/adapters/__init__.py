@@ -13,6 +13,8 @@ _FAMILIES = (
     ("comfy.ldm.wan.model_animate", ("AnimateWanModel",), ".wan", "WanAnimateAdapter"),
     ("comfy.ldm.wan.model", ("WanModel_S2V",), ".wan", "WanS2VAdapter"),
     ("comfy.ldm.hunyuan_video.model", ("HunyuanVideo",), ".hunyuan", "HunyuanVideoAdapter"),
+    ("comfy.ldm.kandinsky5.model", ("Kandinsky5",), ".kandinsky5", "Kandinsky5Adapter"),
+    ("comfy.ldm.lightricks.av_model", ("LTXAVModel",), ".ltx", "LTXAVAdapter"),
 )
 
 
@@ -33,7 +35,7 @@ def _supported():
 
 
 SUPPORTED_FAMILIES = ("Wan 2.1 (t2v, i2v, VACE, reference-latent), Wan 2.2 (A14B experts, TI2V-5B, Animate, S2V), "
-                      "HunyuanVideo 1.0/1.5")
+                      "HunyuanVideo 1.0/1.5, Kandinsky 5 (video), LTX-2 (video stream; audio dense)")
 
 
 def adapter_for(model_patcher) -> ModelAdapter:

@@ -75,6 +75,18 @@ class ModelAdapter:
         self-attention in the same block, is not the one the routing is for); None: not checked."""
         return None
 
+    def dense_reason(self, key: BlockKey, args: dict, forward_info: dict) -> str | None:
+        """Why this block call's video self-attention must be left to ComfyUI (a reason the run summary counts), or
+        None. Families whose blocks may skip or split their self-attention say so here (LTX-2)."""
+        return None
+
+    def scoped_self_attention(self, key: BlockKey) -> str | None:
+        """Path (under the BaseModel, ``diffusion_model.…``) of the module whose forward makes block ``key``'s video
+        self-attention call, when the routing must be taken inside that module only; None: the block's first
+        attention call of the right shape and width takes it. A family whose self-attention may not run (so that a
+        later call of the same shape would get the routing) names its module (LTX-2's ``attn1``)."""
+        return None
+
     def block_tokens(self, args: dict) -> torch.Tensor:
         """The token stream (B, n, C) a block call gets (its batch, length and device; Wan's and HunyuanVideo's
         block-replace args both carry it as ``img``)."""
@@ -112,6 +124,11 @@ class ModelAdapter:
     def shot_module_patches(self) -> dict:
         """{module path: (behaviour, what)}: ``forward`` patches a clone needs for per-shot captions beyond attention
         (may be empty), applied with `module_patches.add_module_patch` (``behaviour(module, *args, **kwargs)``)."""
+        return {}
+
+    def module_patches(self) -> dict:
+        """{module path: (behaviour, what)}: ``forward`` patches every patched clone needs to run MoGA at all (e.g. a
+        family whose block-replace contract ComfyUI itself breaks: Kandinsky 5), applied as `shot_module_patches`."""
         return {}
 
     def ffn_paths(self) -> list[str]:
