@@ -17,12 +17,12 @@ class MoGAApply(io.ComfyNode):
             node_id="MoGAApply",
             display_name="MoGA Attention Patch",
             category="MoGA",
-            description="Patches a clone of a Wan 2.1/2.2 or HunyuanVideo MODEL so its video self-attention runs "
+            description="Patches a clone of a Wan 2.1/2.2 (incl. Animate, S2V), HunyuanVideo, Kandinsky 5 or LTX-2 MODEL so its video self-attention runs "
                         "Mixture-of-Groups Attention with the given routers, or with routers fitted to each video "
                         "at the end of the dense warm-up when none is connected. Everything else (cross-attention, "
                         "text refiner, dense steps) runs as before.",
             inputs=[
-                io.Model.Input("model", tooltip="A Wan 2.1/2.2 or HunyuanVideo model."),
+                io.Model.Input("model", tooltip="A Wan 2.1/2.2 (t2v, i2v, VACE, TI2V-5B, Animate, S2V), HunyuanVideo 1.0/1.5, Kandinsky 5 video or LTX-2 model (LTX-2: its video stream)."),
                 MogaRouter.Input("router", optional=True,
                                  tooltip="Routers from MoGA Router Loader or MoGA Calibrate Router. Left empty: "
                                          "auto_groups groups as the grouping input says (random and balanced by "

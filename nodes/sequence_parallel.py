@@ -57,7 +57,9 @@ class SequenceParallelMogaPatch(MogaPatch):
         if adapter.family != "wan":
             raise ValueError(f"MoGA under sequence parallelism supports Wan only so far; got a {adapter.display_name} "
                              f"model with a sequence-parallel world size of {world_size}. HunyuanVideo under "
-                             "raylight's sequence parallelism is not supported yet: run it with ulysses/ring degree 1 "
+                             "raylight's sequence parallelism is not supported yet (raylight's HunyuanVideo USP "
+                             "forward cannot run block-replace patches, and it shards the text tokens too: "
+                             "docs/RAYLIGHT.md §9): run it with ulysses/ring degree 1 "
                              "(data or CFG parallel), or use MoGA Attention Patch on one GPU")
         if routers is None and options.grouping != "random":
             raise ValueError("auto routers (no router connected, grouping 'k-means on this video') are not "
