@@ -31,7 +31,7 @@ def load(pattern):
             data = json.load(f)
         for item in data if isinstance(data, list) else [data]:
             if isinstance(item, dict):
-                item.setdefault("run", re.split(r"_(?:union|parallel|e2e|attention|bench|vs_sol|results|random_step)", os.path.basename(path))[0])
+                item.setdefault("run", re.split(r"_(?:union|parallel|e2e|attention|bench|vs_sol|results|random_step|families)", os.path.basename(path))[0])
             out.append(item)
     return out
 
@@ -335,6 +335,24 @@ def random_step_table(rows) -> list[str]:
     return out
 
 
+def families_table(rows) -> list[str]:
+    """bench/families.py: each model family at ~32k video tokens, dense vs MoGA sampling steps."""
+    if not rows:
+        return ["(no bench/families.py run yet)"]
+    out = ["| card | run | family (class) | blocks | video tokens (grid) | dense s/step | MoGA s/step | speed-up | "
+           "video latent rel. L2 to dense | run summary |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {card(r['device'])} | {r['run']} | {r['family']} | — | — | — | — | — | — | "
+                       f"FAILED: {r['error'][:160]} |")
+            continue
+        grid = "×".join(str(g) for g in r["video_grid"])
+        out.append(f"| {card(r['device'])} | {r['run']} | {r['family']} (`{r['model_class']}`) | {r['blocks']} | "
+                   f"{r['video_tokens']:,} ({grid}) | {r['dense_step_s']:.3f} | {r['moga_step_s']:.3f} | "
+                   f"{r['speedup']:.2f}× | {r['rel_l2_to_dense']:.3f} | {r['summary']} |")
+    return out
+
+
 def server_tables(runs) -> list[str]:
     """bench/server/run_workflows.py: every shipped workflow through main.py, dynamic VRAM on and off."""
     out = []
@@ -372,6 +390,7 @@ def main():
     vs_sol = load("*_vs_sol.json")
     random_steps = load("*_random_step.json")
     server = load("server/*_results.json")
+    families = load("*_families.json")
     notes_path = os.path.join(ROOT, "bench", "NOTES.md")
     out = [
         "# Performance",
@@ -404,6 +423,21 @@ def main():
         "call's kernel compilation, VAE decode, video encoding included), not a speed measure.",
         "",
         *server_tables(server),
+        "## Every model family, on the GPU",
+        "",
+        "`COMFYUI_PATH=… python bench/families.py --out bench/results/<run>-<card>_families.json` (also `bash "
+        "bench/gpu_session.sh families`): a random-weight model of each family's real ComfyUI class at the family's "
+        "attention width (Wan 12 × 128; Kandinsky 5 Lite 28 × 64, Pro 32 × 128; LTX-2 video 32 × 128 beside its "
+        "audio stream 32 × 64) with 2 blocks (Animate 5: one face adapter block), loaded by ComfyUI's own loader, "
+        "sampled through ComfyUI's KSampler (cfg, cond and uncond batched) at about 32k video tokens, unpatched and "
+        "MoGA-patched in one process. MoGA: MoGAApply's defaults (random balanced groups, union with the local "
+        "branches) except `start_percent` 0 and `dense_if_slower` off, so every timed step is sparse. Per step = a "
+        "3-step run / 3 (CUDA events, median of 3 runs after one warm-up). Random weights give near-uniform "
+        "attention: the error column is not a quality measure, and a step of 2 blocks is mostly attention, so the "
+        "speed-up is larger than a whole model's.",
+        "",
+        *families_table(families),
+        "",
         "## Against ComfyUI core's own sparse attention (Sol-Attn)",
         "",
         "`python bench/vs_sol.py --out bench/results/<run>-<card>_vs_sol.json` (with comfy-kitchen importable): dense "
