@@ -13,6 +13,12 @@ committed JSON files equal this script's output and executes every one of them i
 
 Model files are the ones of ComfyUI's repackaged releases (the names the official templates use); the note on each
 canvas says where to download them and which folder they go in.
+
+The Wan 2.2 S2V workflow uses ComfyUI's audio nodes (Load Audio, Audio Encoder Loader / Encode), which ComfyUI only
+has where torchaudio is installed (`TORCHAUDIO_NODE_TYPES`); on a ComfyUI without them the script leaves that file
+as it is and says so. To write every file, run it on ComfyUI v0.19.3 with a Python that has torchaudio, e.g.
+
+    COMFYUI_PATH=/tmp/moga-ci-host/ComfyUI /tmp/moga-ci-host-2/venv/bin/python -m devtools.build_workflows
 """
 
 from __future__ import annotations
@@ -58,6 +64,9 @@ MODEL_FILES: dict[str, tuple[str, str]] = {
         (_WAN22, "diffusion_models", "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"),
         (_WAN22, "diffusion_models", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"),
         (_WAN22, "diffusion_models", "wan2.2_ti2v_5B_fp16.safetensors"),
+        (_WAN22, "diffusion_models", "wan2.2_animate_14B_bf16.safetensors"),
+        (_WAN22, "diffusion_models", "wan2.2_s2v_14B_fp8_scaled.safetensors"),
+        (_WAN22, "audio_encoders", "wav2vec2_large_english_fp16.safetensors"),
         (_WAN22, "vae", "wan2.2_vae.safetensors"),
         (_HV, "diffusion_models", "hunyuan_video_t2v_720p_bf16.safetensors"),
         (_HV, "text_encoders", "llava_llama3_fp8_scaled.safetensors"),
@@ -65,11 +74,30 @@ MODEL_FILES: dict[str, tuple[str, str]] = {
         (_HV, "vae", "hunyuan_video_vae_bf16.safetensors"),
     ]
 }
+MODEL_FILES.update({  # files outside the repackaged releases' split_files layout (the official templates' links)
+    "kandinsky5lite_t2v_sft_5s.safetensors": (
+        "diffusion_models", "https://huggingface.co/kandinskylab/Kandinsky-5.0-T2V-Lite-sft-5s/resolve/main/model/"
+                            "kandinsky5lite_t2v_sft_5s.safetensors"),
+    "qwen_2.5_vl_7b_fp8_scaled.safetensors": (
+        "text_encoders", "https://huggingface.co/Comfy-Org/HunyuanVideo_1.5_repackaged/resolve/main/split_files/"
+                         "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors"),
+})
 
 # routers written by moga_calibrate_router.json (MoGA Save Router numbers its files: <name>_00001.safetensors)
 CALIBRATED_ROUTER_PREFIX = "wan2.1_t2v_1.3B_calibrated"
 CALIBRATED_ROUTER = f"{CALIBRATED_ROUTER_PREFIX}_00001.safetensors"
 START_IMAGE = "moga_first_frame.png"
+# Wan 2.2 Animate's inputs: the character image, and the pose and face videos made from the driving video
+ANIMATE_CHARACTER = "moga_animate_character.png"
+ANIMATE_POSE_VIDEO = "moga_animate_pose.mp4"
+ANIMATE_FACE_VIDEO = "moga_animate_face.mp4"
+# Wan 2.2 S2V's inputs: the reference image and the speech (or song) the video follows
+S2V_REFERENCE = "moga_s2v_reference.png"
+S2V_AUDIO = "moga_s2v_speech.wav"
+
+#: core nodes that ComfyUI only has where torchaudio imports (comfy_extras/nodes_audio.py and
+#: nodes_audio_encoder.py import it at the top); a workflow using them is built and run only on such a ComfyUI
+TORCHAUDIO_NODE_TYPES = frozenset({"LoadAudio", "AudioEncoderLoader", "AudioEncoderEncode"})
 
 WAN_NEGATIVE = ("色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
                 "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"
@@ -254,8 +282,16 @@ class _NodeLayout:
                 slot["widget"] = {"name": name}
             slot["link"] = None
             (widget_slots if name in values else sockets).append(slot)
+        # the frontend's audio loaders (Comfy.AudioWidget, Comfy.UploadAudio) add an "audioUI" player and an
+        # "upload" button, both saved as null; media loaders (image, video) an "upload" button saved as "image"
+        self.audio_upload = bool(wg.spec_options((sections.get("required") or {}).get("audio")).get("audio_upload"))
         for slot in self.widgets:
-            if slot.kind == "ui" and slot.name == "upload":
+            if slot.kind == "ui" and slot.name == "upload" and self.audio_upload:
+                widget_slots.append({"localized_name": "audioUI", "name": "audioUI", "type": "AUDIO_UI",
+                                     "widget": {"name": "audioUI"}, "link": None})
+                widget_slots.append({"localized_name": "choose file to upload", "name": "upload",
+                                     "type": "AUDIOUPLOAD", "widget": {"name": "upload"}, "link": None})
+            elif slot.kind == "ui" and slot.name == "upload":
                 widget_slots.append({"localized_name": "choose file to upload", "name": "upload",
                                      "type": "IMAGEUPLOAD", "widget": {"name": "upload"}, "link": None})
         self.slots = sockets + widget_slots
@@ -295,6 +331,8 @@ class _NodeLayout:
         for slot in self.widgets:
             if slot.kind == "control":
                 values.append(self.node.control)
+            elif slot.kind == "ui" and slot.name == "upload" and self.audio_upload:
+                values += [None, None]  # audioUI and upload: not serialised (null), as the frontend saves them
             elif slot.kind == "ui" and slot.name == "upload":
                 values.append("image")  # the upload button's value, as the frontend saves it
             elif slot.kind == "value":
@@ -316,8 +354,8 @@ class _NodeLayout:
 
     @staticmethod
     def _is_file_name(value) -> bool:  # model/image lists depend on the machine the script runs on
-        return isinstance(value, str) and re.search(r"\.(safetensors|sft|ckpt|pt|pth|bin|gguf|png|jpe?g|webp)$",
-                                                    value) is not None
+        return isinstance(value, str) and re.search(
+            r"\.(safetensors|sft|ckpt|pt|pth|bin|gguf|png|jpe?g|webp|mp4|webm|mov|wav|mp3|flac)$", value) is not None
 
     def properties(self) -> dict:
         props = {"Node name for S&R": self.node.type}
@@ -380,13 +418,16 @@ def _pack_version() -> str:
 # notes
 
 
+MODEL_DIRECTORIES = ("diffusion_models", "text_encoders", "audio_encoders", "clip_vision", "vae")
+
+
 def files_note(files: list[str], extra: str = "") -> str:
     """'Model links' note: which files to download and where they go (the official templates' layout)."""
     by_dir: dict[str, list[str]] = {}
     for name in files:
         by_dir.setdefault(MODEL_FILES[name][0] if name in MODEL_FILES else "moga", []).append(name)
     lines = ["## Model links", ""]
-    for directory in ("diffusion_models", "text_encoders", "clip_vision", "vae"):
+    for directory in MODEL_DIRECTORIES:
         if directory in by_dir:
             lines.append(f"**{directory}**")
             lines.append("")
@@ -395,7 +436,7 @@ def files_note(files: list[str], extra: str = "") -> str:
     if extra:
         lines += [extra, ""]
     lines += ["Model storage location", "", "```", "📂 ComfyUI/", "├── 📂 models/"]
-    dirs = [d for d in ("diffusion_models", "text_encoders", "clip_vision", "vae", "moga") if d in by_dir]
+    dirs = [d for d in MODEL_DIRECTORIES + ("moga",) if d in by_dir]
     for i, directory in enumerate(dirs):
         last_dir = i == len(dirs) - 1
         lines.append(f"│   {'└' if last_dir else '├'}── 📂 {directory}/")
@@ -515,10 +556,10 @@ def decode_and_save(g: Graph, latent: Node, vae: Node, x, fps: float, prefix: st
 
 def long_video_sampler(g: Graph, model: Node, positive, negative: Node, x, shots=None, latent=None, steps=30,
                        cfg=6.0, shift=8.0, width=832, height=480, length=81, positive_output=0, latent_output=0,
-                       negative_output=0) -> Node:
+                       negative_output=0, sampler_name="uni_pc", scheduler="simple") -> Node:
     sampler = g.node("MoGALongVideoSampler", (x, None), size=(340, 560), colors=MOGA_COLORS, width=width,
-                     height=height, length=length, seed=0, steps=steps, cfg=cfg, sampler_name="uni_pc",
-                     scheduler="simple", shift=shift, denoise=1.0, ffn_chunk_tokens=0, context_frames=0,
+                     height=height, length=length, seed=0, steps=steps, cfg=cfg, sampler_name=sampler_name,
+                     scheduler=scheduler, shift=shift, denoise=1.0, ffn_chunk_tokens=0, context_frames=0,
                      context_overlap=16)
     g.link(model, 0, sampler, "model")
     g.link(positive, positive_output, sampler, "positive")
@@ -722,6 +763,113 @@ def wan22_ti2v_5b() -> Graph:
     return g
 
 
+def wan22_animate() -> Graph:
+    g = Graph("wan2.2_animate_14B_moga")
+    unet = "wan2.2_animate_14B_bf16.safetensors"
+    g.note(files_note([unet, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "clip_vision_h.safetensors",
+                       "wan_2.1_vae.safetensors"],
+                      extra=f"**Inputs** (`input/`; the names here are placeholders): the character image in *Load "
+                            f"Image* (`{ANIMATE_CHARACTER}`), and two videos made from your driving video: the pose "
+                            f"video (`{ANIMATE_POSE_VIDEO}`: the skeletons of a pose estimator such as DWPose, one "
+                            f"frame per video frame) and the face video (`{ANIMATE_FACE_VIDEO}`: the face cropped "
+                            "from every frame; it is scaled to 512 x 512). The saved video takes the pose video's "
+                            "frame rate."),
+           (NOTE_X, None), (560, None), title="Model links")
+    g.note(GROUPS_NOTE + "\n\nWan 2.2 Animate follows the pose video (its latents are added to the video tokens) "
+                         "and the face video (through the face adapter, which stays dense). The character image "
+                         "is one more latent frame in front of the video, which *TrimVideoLatent* removes before "
+                         "decoding. This workflow: 161 frames of 480p in one pass (41 latent frames plus the "
+                         "character's: 65,520 tokens); cfg 1, as the model's reference settings.",
+           (NOTE_X, None), (560, None), title="MoGA groups")
+    unet_node, clip, vae = wan_loaders(g, unet)
+    clip_vision = g.node("CLIPVisionLoader", (0, None), clip_name="clip_vision_h.safetensors")
+    image = g.node("LoadImage", (0, None), title="Load Image (character)", size=(360, 380), image=ANIMATE_CHARACTER)
+    pose = g.node("LoadVideo", (0, None), title="Load Video (pose)", size=(360, 380), file=ANIMATE_POSE_VIDEO)
+    pose_frames = g.node("GetVideoComponents", (0, None), title="Get Video Components (pose)")
+    g.link(pose, 0, pose_frames, "video")
+    face = g.node("LoadVideo", (0, None), title="Load Video (face)", size=(360, 380), file=ANIMATE_FACE_VIDEO)
+    face_frames = g.node("GetVideoComponents", (0, None), title="Get Video Components (face)")
+    g.link(face, 0, face_frames, "video")
+    positive = text_encode(
+        g, clip, "positive",
+        "The character dances in a sunlit studio with wooden floors, natural movements, the camera is still, "
+        "high detail, cinematic lighting")
+    negative = text_encode(g, clip, "negative", WAN_NEGATIVE)
+    vision = g.node("CLIPVisionEncode", (COL, None), crop="none")
+    g.link(clip_vision, 0, vision, "clip_vision")
+    g.link(image, 0, vision, "image")
+    animate = g.node("WanAnimateToVideo", (COL, None), width=832, height=480, length=161, batch_size=1,
+                     continue_motion_max_frames=5, video_frame_offset=0)
+    g.wire(animate, positive=positive, negative=negative, vae=vae, clip_vision_output=vision, reference_image=image)
+    g.link(face_frames, "images", animate, "face_video")
+    g.link(pose_frames, "images", animate, "pose_video")
+    x = 2 * COL + 40
+    patched = moga_apply(g, unet_node, None, x)
+    sampler = long_video_sampler(g, patched, animate, animate, x + 420, latent=animate, steps=20, cfg=1.0, shift=5.0,
+                                 length=161, positive_output=0, negative_output=1, latent_output=2)
+    trim = g.node("TrimVideoLatent", (x + 420, None), trim_amount=1)
+    g.link(sampler, 0, trim, "samples")
+    g.link(animate, "trim_latent", trim, "trim_amount")
+    _, video, _ = decode_and_save(g, trim, vae, x + 820, fps=16.0, prefix="video/MoGA_wan2.2_animate_14B", step=6)
+    g.link(pose_frames, "fps", video, "fps")
+    g.note(MOGA_NOTE + "\n\nHere the sampler takes WanAnimateToVideo's latent (`latent`), which sets the size and "
+                       "length; `shift` 5 as in Wan-Animate's reference settings.", (x, None), (880, None),
+           title="MoGA settings")
+    g.group("Step 1 - Load models", [unet_node, clip, vae, clip_vision])
+    g.group("Step 2 - Character image, pose and face videos", [image, pose, pose_frames, face, face_frames])
+    g.group("Step 3 - Prompt and video size", [positive, negative, vision, animate])
+    g.group("Step 4 - MoGA", [patched], color="#335")
+    g.group("Step 5 - Sample", [sampler, trim])
+    return g
+
+
+def wan22_s2v() -> Graph:
+    g = Graph("wan2.2_s2v_14B_moga")
+    unet = "wan2.2_s2v_14B_fp8_scaled.safetensors"
+    g.note(files_note([unet, "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wav2vec2_large_english_fp16.safetensors",
+                       "wan_2.1_vae.safetensors"],
+                      extra=f"**Inputs** (`input/`; the names here are placeholders): the reference image in *Load "
+                            f"Image* (`{S2V_REFERENCE}`) and the speech or song in *Load Audio* (`{S2V_AUDIO}`); the "
+                            "video lasts `length` frames at 16 fps (audio past its end is not used, a shorter audio "
+                            "leaves the rest silent). The audio nodes need torchaudio (part of ComfyUI's "
+                            "requirements)."),
+           (NOTE_X, None), (560, None), title="Model links")
+    g.note(GROUPS_NOTE + "\n\nWan 2.2 S2V appends the reference image's tokens after the video tokens (every token "
+                         "sees them); the audio enters through the audio injectors, which stay dense. This workflow: "
+                         "10 s in one pass (161 frames at 640 x 640: 41 latent frames, 65,600 tokens, plus the "
+                         "reference image's 1,600), instead of the template's 77-frame chunks.",
+           (NOTE_X, None), (560, None), title="MoGA groups")
+    unet_node, clip, vae = wan_loaders(g, unet)
+    audio_encoder = g.node("AudioEncoderLoader", (0, None),
+                           audio_encoder_name="wav2vec2_large_english_fp16.safetensors")
+    image = g.node("LoadImage", (0, None), title="Load Image (reference)", size=(360, 380), image=S2V_REFERENCE)
+    audio = g.node("LoadAudio", (0, None), size=(360, 140), audio=S2V_AUDIO)
+    positive = text_encode(
+        g, clip, "positive",
+        "The woman sings on a small stage in a jazz club, warm spotlight, she moves gently with the music and "
+        "looks into the camera, the band blurred behind her, cinematic")
+    negative = text_encode(g, clip, "negative", WAN_NEGATIVE)
+    encode = g.node("AudioEncoderEncode", (COL, None))
+    g.wire(encode, audio_encoder=audio_encoder, audio=audio)
+    s2v = g.node("WanSoundImageToVideo", (COL, None), width=640, height=640, length=161, batch_size=1)
+    g.wire(s2v, positive=positive, negative=negative, vae=vae, audio_encoder_output=encode, ref_image=image)
+    x = 2 * COL + 40
+    patched = moga_apply(g, unet_node, None, x)
+    sampler = long_video_sampler(g, patched, s2v, s2v, x + 420, latent=s2v, steps=20, cfg=6.0, shift=8.0, width=640,
+                                 height=640, length=161, positive_output=0, negative_output=1, latent_output=2)
+    _, video, _ = decode_and_save(g, sampler, vae, x + 820, fps=16.0, prefix="video/MoGA_wan2.2_s2v_14B", step=5)
+    g.link(audio, 0, video, "audio")
+    g.note(MOGA_NOTE + "\n\nHere the sampler takes WanSoundImageToVideo's latent (`latent`), which sets the size "
+                       "and length; *Create Video* puts the audio under the frames.", (x, None), (880, None),
+           title="MoGA settings")
+    g.group("Step 1 - Load models", [unet_node, clip, vae, audio_encoder])
+    g.group("Step 2 - Reference image and audio", [image, audio])
+    g.group("Step 3 - Prompt, audio features, video size", [positive, negative, encode, s2v])
+    g.group("Step 4 - MoGA", [patched], color="#335")
+    g.group("Step 5 - Sample", [sampler])
+    return g
+
+
 def hunyuan_t2v_multishot() -> Graph:
     g = Graph("hunyuanvideo_t2v_multishot_moga")
     unet = "hunyuan_video_t2v_720p_bf16.safetensors"
@@ -771,6 +919,49 @@ def hunyuan_t2v_multishot() -> Graph:
     g.group("Step 2 - Shots and video size", [multishot, guidance, negative, latent])
     g.group("Step 3 - MoGA", [patched], color="#335")
     g.group("Step 4 - Custom sampler", [shift, guider, noise, sampler_select, scheduler, sample])
+    return g
+
+
+def kandinsky5_lite_t2v() -> Graph:
+    g = Graph("kandinsky5_lite_t2v_moga")
+    unet = "kandinsky5lite_t2v_sft_5s.safetensors"
+    g.note(files_note([unet, "qwen_2.5_vl_7b_fp8_scaled.safetensors", "clip_l.safetensors",
+                       "hunyuan_video_vae_bf16.safetensors"],
+                      extra="For 10 s clips (241 frames), Kandinsky's `kandinsky5lite_t2v_sft_10s` checkpoint "
+                            "(kandinskylab/Kandinsky-5.0-T2V-Lite-sft-10s) goes in the same folder."),
+           (NOTE_X, None), (560, None), title="Model links")
+    g.note(GROUPS_NOTE + "\n\nKandinsky 5 runs its captions through text encoder blocks of its own (dense) before "
+                         "the visual blocks, whose self-attention MoGA makes sparse. This workflow: 5 s at 24 fps "
+                         "(121 frames at 768 x 512: 31 latent frames, 47,616 tokens), the official template's "
+                         "settings (50 steps, cfg 5, euler_ancestral / beta, shift 5).",
+           (NOTE_X, None), (560, None), title="MoGA groups")
+    unet_node = g.node("UNETLoader", (0, None), unet_name=unet, weight_dtype="default")
+    clip = g.node("DualCLIPLoader", (0, None), clip_name1="qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                  clip_name2="clip_l.safetensors", type="kandinsky5", device="default")
+    vae = g.node("VAELoader", (0, None), vae_name="hunyuan_video_vae_bf16.safetensors")
+    positive = text_encode(
+        g, clip, "positive",
+        "Rim light, soft light, medium close-up, dusk, warm tones with low saturation. An old fisherman mends a net "
+        "on a wooden pier, the sea glittering behind him; he looks up and smiles as a boat sails past, the camera "
+        "slowly dollies in", size=(440, 220))
+    negative = text_encode(g, clip, "negative",
+                           "Static, 2D cartoon, cartoon, 2d animation, paintings, images, worst quality, low quality, "
+                           "ugly, deformed, walking backwards")
+    latent = g.node("Kandinsky5ImageToVideo", (COL, None), width=768, height=512, length=121, batch_size=1)
+    g.wire(latent, positive=positive, negative=negative, vae=vae)
+    x = 2 * COL + 40
+    patched = moga_apply(g, unet_node, None, x)
+    sampler = long_video_sampler(g, patched, latent, latent, x + 420, latent=latent, steps=50, cfg=5.0, shift=5.0,
+                                 width=768, height=512, length=121, positive_output=0, negative_output=1,
+                                 latent_output=2, sampler_name="euler_ancestral", scheduler="beta")
+    decode_and_save(g, sampler, vae, x + 820, fps=24.0, prefix="video/MoGA_kandinsky5_lite_t2v", step=5)
+    g.note(MOGA_NOTE + "\n\nHere the sampler takes Kandinsky5ImageToVideo's latent (`latent`), which sets the size "
+                       "and length; `shift` 5 as in the Kandinsky 5 template.", (x, None), (880, None),
+           title="MoGA settings")
+    g.group("Step 1 - Load models", [unet_node, clip, vae])
+    g.group("Step 2 - Prompt and video size", [positive, negative, latent])
+    g.group("Step 3 - MoGA", [patched], color="#335")
+    g.group("Step 4 - Sample", [sampler])
     return g
 
 
@@ -852,15 +1043,24 @@ WORKFLOWS = {
     "wan2.1_i2v_14B_moga": wan21_i2v_14b,
     "wan2.2_a14b_t2v_moga": wan22_a14b_t2v,
     "wan2.2_ti2v_5B_moga": wan22_ti2v_5b,
+    "wan2.2_animate_14B_moga": wan22_animate,
+    "wan2.2_s2v_14B_moga": wan22_s2v,
     "hunyuanvideo_t2v_multishot_moga": hunyuan_t2v_multishot,
+    "kandinsky5_lite_t2v_moga": kandinsky5_lite_t2v,
     "moga_calibrate_router": calibrate_router,
     "moga_load_saved_router": load_saved_router,
 }
 
 
-def build_all(schemas: dict) -> dict[str, dict]:
-    """{file name: workflow JSON} for every example workflow."""
-    return {f"{name}.json": make().to_json(schemas) for name, make in WORKFLOWS.items()}
+def missing_node_types(name: str, schemas: dict) -> set[str]:
+    """The node types of workflow ``name`` that this ComfyUI lacks (`TORCHAUDIO_NODE_TYPES` without torchaudio)."""
+    return {n.type for n in WORKFLOWS[name]().nodes if n.text is None and n.type not in schemas}
+
+
+def build_all(schemas: dict, names=None) -> dict[str, dict]:
+    """{file name: workflow JSON} for every example workflow (or those in ``names``)."""
+    return {f"{name}.json": make().to_json(schemas) for name, make in WORKFLOWS.items()
+            if names is None or name in names}
 
 
 def dumps(workflow: dict) -> str:
@@ -883,7 +1083,17 @@ def _load_host_schemas() -> dict:
 
 def main() -> None:
     schemas = _load_host_schemas()
-    for file_name, workflow in build_all(schemas).items():
+    buildable = []
+    for name in WORKFLOWS:
+        missing = missing_node_types(name, schemas)
+        if missing:  # e.g. the audio nodes of a ComfyUI whose Python has no torchaudio: the file is left as it is
+            print(f"skipped workflows/{name}.json: this ComfyUI has no {', '.join(sorted(missing))} "
+                  f"(ComfyUI imports {'them' if len(missing) > 1 else 'it'} only with torchaudio installed)"
+                  if missing <= TORCHAUDIO_NODE_TYPES else
+                  f"skipped workflows/{name}.json: this ComfyUI has no {', '.join(sorted(missing))}")
+            continue
+        buildable.append(name)
+    for file_name, workflow in build_all(schemas, buildable).items():
         path = os.path.join(WORKFLOWS_DIR, file_name)
         with open(path, "w", encoding="utf-8") as f:
             f.write(dumps(workflow))

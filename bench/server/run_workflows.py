@@ -798,6 +798,13 @@ def main(argv=None) -> int:
                     server.stop()
                     server.start(min(args.startup_timeout, max(remaining - 5, 10)))
                     schemas = server.get("/object_info", timeout=120)
+                missing = builder.missing_node_types(name.removesuffix(".json"), schemas)
+                if missing:  # ComfyUI's audio nodes are absent where its Python has no torchaudio
+                    row.update(completed=False, error=f"not run: the server has no {', '.join(sorted(missing))}"
+                                                      + (" (ComfyUI imports its audio nodes only with torchaudio)"
+                                                         if missing <= builder.TORCHAUDIO_NODE_TYPES else ""))
+                    result["rows"].append(row)
+                    continue
                 try:
                     wf, prompt = workflow_prompt(name, schemas, args, wt, twf)
                     latent_node = None if args.no_save_latent else add_save_latent(prompt, name)
