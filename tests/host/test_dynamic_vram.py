@@ -197,3 +197,26 @@ def test_calibration_with_multishot_conds_survives_the_delegate_swap(moga, loade
     expected, got = fit(False), fit(True)
     for index, router in expected.routers.items():
         assert torch.equal(got.routers[index].weight, router.weight)
+
+
+def test_kandinsky5_main_path_survives_the_delegate_swap(moga, loaders, models_dir):
+    """Kandinsky 5's patched clones carry object patches on every visual block (`Kandinsky5Adapter.module_patches`:
+    ComfyUI's block_wrap calls the blocks with keywords they do not take); they must act on the delegate's blocks."""
+    import tiny_kandinsky5 as tk
+
+    save_file(tk.kandinsky5_state_dict(seed=4), str(models_dir / "diffusion_models" / "k5.safetensors"))
+
+    def case(dynamic):
+        model = apply(moga, loaders.unet(dynamic, "k5.safetensors"))
+        clip = StandInTextEncoder(width=tk.TEXT_DIM, tokens=12, pooled=True)
+        neg = tk.kandinsky5_conditioning(seed=9)
+        return run_sampler(moga, model, clip, neg, ffn_chunk_tokens=48)[0], model
+
+    expected, _ = case(False)
+    before = loaders.cls.delegates
+    got, model = case(True)
+    assert loaders.cls.delegates == before + 1, "the sampler did not swap in a delegate"
+    assert model.model.diffusion_model.visual_transformer_blocks[0].feed_forward.in_layer.weight.device.type == "meta"
+    assert torch.isfinite(got).all() and torch.equal(got, expected)
+    stats = moga.wiring.patch_of(model).last_run_stats
+    assert sum(stats["sparse_calls"].values()) > 0, stats
